@@ -1,0 +1,347 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Beverage is one item on a machine's menu.
+type Beverage struct {
+	// name of the beverage, as customers order it (BlackCoffee, Latte, Espresso, ...).
+	// +kubebuilder:validation:Pattern=`^[A-Z][A-Za-z0-9]{0,31}$`
+	// +required
+	Name string `json:"name"`
+
+	// price in coins.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +required
+	Price int32 `json:"price"`
+
+	// usesMilk marks beverages that cannot be served while the machine is out of milk.
+	// +optional
+	UsesMilk bool `json:"usesMilk,omitempty"`
+}
+
+// Inventory is what a full machine holds; the supervisor's restart refills the beans (the
+// talk's "ServiceGuy notified").
+type Inventory struct {
+	// beans is the number of brews a full bean hopper makes.
+	// +kubebuilder:default=100
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	Beans int32 `json:"beans,omitempty"`
+
+	// milk is the number of milk beverages a full milk tank makes.
+	// +kubebuilder:default=50
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	Milk int32 `json:"milk,omitempty"`
+}
+
+// SupervisorAction is what the supervisor does about a failure.
+// +kubebuilder:validation:Enum=Restart;Stop;Escalate
+type SupervisorAction string
+
+const (
+	// ActionRestart starts a fresh pod on the same event log, after the backoff.
+	ActionRestart SupervisorAction = "Restart"
+	// ActionStop leaves the machine stopped; a human (or spec change) decides what next.
+	ActionStop SupervisorAction = "Stop"
+	// ActionEscalate stops restarting and hands the failure up: to the owning fleet, or to humans.
+	ActionEscalate SupervisorAction = "Escalate"
+)
+
+// DeciderRule maps one failure reason (as the vending pod reports it in its termination
+// message, or as derived from the container's exit) to an action.
+type DeciderRule struct {
+	// reason is a failure reason: OutOfCoffeeBeans, Killed, CorruptLog, StorageFailure, ...
+	// +kubebuilder:validation:Pattern=`^[A-Z][A-Za-z0-9]{0,63}$`
+	// +required
+	Reason string `json:"reason"`
+
+	// action for that reason.
+	// +required
+	Action SupervisorAction `json:"action"`
+}
+
+// Backoff spaces restarts out: the n-th restart inside the window waits initial*2^(n-1),
+// at most max, spread by up to jitterPercent so that machines failing together do not
+// restart together.
+// +kubebuilder:validation:XValidation:rule="!has(self.initial) || !has(self.max) || duration(self.initial) <= duration(self.max)",message="backoff.initial must not exceed backoff.max"
+type Backoff struct {
+	// initial is the delay before the first restart inside the window.
+	// +kubebuilder:default="250ms"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="backoff.initial must not be negative"
+	// +optional
+	Initial *metav1.Duration `json:"initial,omitempty"`
+
+	// max caps the delay.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="backoff.max must be between 0s and 1h"
+	// +optional
+	Max *metav1.Duration `json:"max,omitempty"`
+
+	// jitterPercent spreads each delay by up to this share of it.
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	JitterPercent int32 `json:"jitterPercent,omitempty"`
+}
+
+// Supervision is the machine's supervisor strategy: the talk's
+// OneForOneStrategy(maxNrOfRetries = 10, withinTimeRange = 1.minute) with its decider.
+type Supervision struct {
+	// maxRestarts is how many restarts the supervisor allows within window; the failure
+	// after that escalates.
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MaxRestarts int32 `json:"maxRestarts"`
+
+	// window is the time range over which restarts are counted.
+	// +kubebuilder:default="1m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('24h')",message="supervision.window must be greater than 0s and at most 24h"
+	// +optional
+	Window *metav1.Duration `json:"window,omitempty"`
+
+	// backoff between restarts.
+	// +kubebuilder:default={}
+	// +optional
+	Backoff Backoff `json:"backoff,omitzero"`
+
+	// decider maps failure reasons to actions. A reason that is not listed escalates (the
+	// talk's `case _ => Escalate`).
+	// +kubebuilder:default={{reason: OutOfCoffeeBeans, action: Restart}, {reason: Killed, action: Restart}}
+	// +listType=map
+	// +listMapKey=reason
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	Decider []DeciderRule `json:"decider,omitempty"`
+}
+
+// PVCRetention says what happens to the event log's claim when the machine is deleted.
+// +kubebuilder:validation:Enum=Retain;Delete
+type PVCRetention string
+
+const (
+	// RetainPVC keeps the claim (and so the log, which is the truth) after the machine is gone.
+	RetainPVC PVCRetention = "Retain"
+	// DeletePVC deletes the claim with the machine.
+	DeletePVC PVCRetention = "Delete"
+)
+
+// Storage describes the PersistentVolumeClaim that holds the machine's event log. It is fixed
+// once the machine exists: the claim is created once and the log on it is the machine's truth.
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="storage is immutable once the machine exists"
+type Storage struct {
+	// size of the claim.
+	// +kubebuilder:default="1Gi"
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+
+	// storageClassName of the claim; the cluster's default class when empty.
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
+
+	// whenDeleted is what happens to the claim when the machine is deleted.
+	// +kubebuilder:default=Retain
+	// +optional
+	WhenDeleted PVCRetention `json:"whenDeleted,omitempty"`
+}
+
+// VendingMachineSpec is the promised state of one vending machine.
+type VendingMachineSpec struct {
+	// menu is what the machine sells, at which price.
+	// +kubebuilder:default={{name: BlackCoffee, price: 2}, {name: Latte, price: 2, usesMilk: true}, {name: Espresso, price: 2}}
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	// +optional
+	Menu []Beverage `json:"menu,omitempty"`
+
+	// inventory is what a full machine holds.
+	// +kubebuilder:default={}
+	// +optional
+	Inventory Inventory `json:"inventory,omitzero"`
+
+	// supervision is how failures of the machine's pod are handled.
+	// +kubebuilder:default={}
+	// +optional
+	Supervision Supervision `json:"supervision,omitzero"`
+
+	// storage of the machine's event log.
+	// +kubebuilder:default={}
+	// +optional
+	Storage Storage `json:"storage,omitzero"`
+
+	// image of the vending pod; the operator's --vending-image when empty.
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// paused stops the supervisor from acting on this machine (for humans mid-incident):
+	// nothing is created, restarted or deleted while it is true.
+	// +optional
+	Paused bool `json:"paused,omitempty"`
+
+	// enableFaultInjection starts the pod with --enable-faults, which opens
+	// POST /v1/faults/out-of-beans (the talk's TriggerOutOfCoffeeBeansFailure). For demos and tests.
+	// +optional
+	EnableFaultInjection bool `json:"enableFaultInjection,omitempty"`
+
+	// resources of the vending container; small defaults when empty.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+}
+
+// MachinePhase is a one-word summary of the machine for printer columns; conditions carry
+// the detail.
+// +kubebuilder:validation:Enum=Pending;Running;Restarting;Degraded;Stopped;Escalated;Paused
+type MachinePhase string
+
+const (
+	PhasePending    MachinePhase = "Pending"
+	PhaseRunning    MachinePhase = "Running"
+	PhaseRestarting MachinePhase = "Restarting"
+	PhaseDegraded   MachinePhase = "Degraded"
+	PhaseStopped    MachinePhase = "Stopped"
+	PhaseEscalated  MachinePhase = "Escalated"
+	PhasePaused     MachinePhase = "Paused"
+)
+
+// Condition types of a VendingMachine.
+const (
+	// ConditionReady is True while the machine's pod is Ready (its log replayed) and serving.
+	ConditionReady = "Ready"
+	// ConditionProgressing is True while the supervisor is bringing a pod up or backing off.
+	ConditionProgressing = "Progressing"
+	// ConditionDegraded is True while the machine serves only part of its menu (out of milk).
+	ConditionDegraded = "Degraded"
+	// ConditionEscalated is True once the supervisor has given up and handed the failure up.
+	ConditionEscalated = "Escalated"
+)
+
+// Failure is the last failure the supervisor observed, as the pod reported it.
+type Failure struct {
+	// time the container terminated.
+	Time metav1.Time `json:"time"`
+	// reason from the termination message, or derived from the exit (Killed, OOMKilled, Error).
+	Reason string `json:"reason"`
+	// exitCode of the vending container.
+	// +optional
+	ExitCode int32 `json:"exitCode,omitempty"`
+	// message from the termination message.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// pendingOrder that was persisted but not yet dispensed when the pod failed.
+	// +optional
+	PendingOrder string `json:"pendingOrder,omitempty"`
+	// sequence of the event log when the pod failed.
+	// +optional
+	Sequence int64 `json:"sequence,omitempty"`
+	// podName of the pod that failed.
+	// +optional
+	PodName string `json:"podName,omitempty"`
+	// action the supervisor decided.
+	// +optional
+	Action SupervisorAction `json:"action,omitempty"`
+}
+
+// VendingMachineStatus is the observed state of a machine, rebuilt from observation on every pass.
+type VendingMachineStatus struct {
+	// observedGeneration is the generation of the spec this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready, Progressing, Degraded, Escalated.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// phase is a one-word summary for printer columns.
+	// +optional
+	Phase MachinePhase `json:"phase,omitempty"`
+
+	// restarts the supervisor has made in the machine's life.
+	// +optional
+	Restarts int32 `json:"restarts,omitempty"`
+
+	// restartTimes are the restarts still inside the supervision window.
+	// +listType=atomic
+	// +optional
+	RestartTimes []metav1.Time `json:"restartTimes,omitempty"`
+
+	// nextRestartAt is when the supervisor will restart the pod, while it backs off.
+	// +optional
+	NextRestartAt *metav1.Time `json:"nextRestartAt,omitempty"`
+
+	// lastFailure is the most recent failure of the machine's pod.
+	// +optional
+	LastFailure *Failure `json:"lastFailure,omitempty"`
+
+	// podName of the machine's current pod.
+	// +optional
+	PodName string `json:"podName,omitempty"`
+
+	// endpoint of the machine's HTTP API inside the cluster (its Service).
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// totalCoins the machine last reported, when it was reachable.
+	// +optional
+	TotalCoins *int64 `json:"totalCoins,omitempty"`
+
+	// sequence of the event log the machine last reported, when it was reachable.
+	// +optional
+	Sequence *int64 `json:"sequence,omitempty"`
+}
+
+// VendingMachine is one supervised vending machine: a pod that serves customers and keeps its
+// state in an append-only event log on its own PersistentVolumeClaim, restarted by the
+// operator according to spec.supervision and escalated when failures persist.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=vmach;vend,categories=vending
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Restarts",type=integer,JSONPath=`.status.restarts`
+// +kubebuilder:printcolumn:name="Last Failure",type=string,JSONPath=`.status.lastFailure.reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type VendingMachine struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// metadata is standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitzero"`
+
+	// spec is the promised state of the machine.
+	// +kubebuilder:default={}
+	// +optional
+	Spec VendingMachineSpec `json:"spec,omitzero"`
+
+	// status is what the supervisor observed.
+	// +optional
+	Status VendingMachineStatus `json:"status,omitzero"`
+}
+
+// +kubebuilder:object:root=true
+
+// VendingMachineList is a list of VendingMachines.
+type VendingMachineList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitzero"`
+	Items           []VendingMachine `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&VendingMachine{}, &VendingMachineList{})
+}

@@ -1,0 +1,86 @@
+// Package contract is the small contract between the operator and the vending pod, the two
+// separate programs of this project: the port and paths the pod serves, the exit codes it
+// dies with, the reasons it names in its termination message, and the JSON shapes of the
+// replies the operator reads. Everything here is documented in docs/vendingpod-api.md; the
+// operator's decider keys on the reasons.
+package contract
+
+import "time"
+
+// Port is the vending pod's HTTP port (API, probes and metrics).
+const Port = 8080
+
+// Probe and state paths.
+const (
+	PathHealthz = "/healthz"
+	PathReadyz  = "/readyz"
+	PathState   = "/v1/state"
+)
+
+// DefaultTerminationMessagePath is where Kubernetes reads a container's termination message.
+const DefaultTerminationMessagePath = "/dev/termination-log"
+
+// Failure reasons. The pod names one of the first group in its termination message; the
+// operator derives the second group from a container's exit when there is no message.
+const (
+	// ReasonOutOfCoffeeBeans: a brew found the bean hopper empty. The order is persisted; the
+	// restart refills the beans and completes it (the talk's OutOfCoffeeBeansFailure).
+	ReasonOutOfCoffeeBeans = "OutOfCoffeeBeans"
+	// ReasonCorruptLog: the event log failed its checksum before its tail. The pod refuses to
+	// serve and keeps the bytes; restarting cannot help.
+	ReasonCorruptLog = "CorruptLog"
+	// ReasonStorageFailure: a write or fsync of the log failed (ENOSPC, I/O error). The process
+	// dies rather than pretend: what was not synced was never acknowledged.
+	ReasonStorageFailure = "StorageFailure"
+	// ReasonLogLocked: another process holds the log; two writers would fork the history.
+	ReasonLogLocked = "LogLocked"
+	// ReasonConfigError: bad flags or environment.
+	ReasonConfigError = "ConfigError"
+
+	// ReasonKilled: the container died of SIGKILL (exit 137) without a message: an external
+	// kill, a crash test. Crash-only software treats it as an ordinary stop.
+	ReasonKilled = "Killed"
+	// ReasonOOMKilled: the kernel's OOM killer ended the container.
+	ReasonOOMKilled = "OOMKilled"
+	// ReasonTerminated: SIGTERM (exit 143) without a message.
+	ReasonTerminated = "Terminated"
+	// ReasonExited: the container exited 0. The vending pod never does that on purpose.
+	ReasonExited = "Exited"
+	// ReasonError: any other non-zero exit without a message (a Go panic exits 2).
+	ReasonError = "Error"
+)
+
+// Exit codes of the vending pod, one per reason it names.
+const (
+	ExitConfigError      = 1
+	ExitOutOfCoffeeBeans = 10
+	ExitCorruptLog       = 11
+	ExitStorageFailure   = 12
+	ExitLogLocked        = 13
+)
+
+// TerminationMessage is the JSON the pod writes to its termination-message path before it
+// exits on a failure: the failure reified, for the supervisor to read from the pod status.
+type TerminationMessage struct {
+	Reason       string    `json:"reason"`
+	Message      string    `json:"message"`
+	ExitCode     int       `json:"exitCode"`
+	PendingOrder string    `json:"pendingOrder,omitempty"`
+	Sequence     uint64    `json:"sequence,omitempty"`
+	File         string    `json:"file,omitempty"`
+	Offset       int64     `json:"offset,omitempty"`
+	Time         time.Time `json:"time"`
+}
+
+// State is the reply of GET /v1/state.
+type State struct {
+	Inserted   int64          `json:"inserted"`
+	TotalCoins int64          `json:"totalCoins"`
+	Beans      int64          `json:"beans"`
+	Milk       int64          `json:"milk"`
+	Degraded   bool           `json:"degraded"`
+	Sequence   uint64         `json:"sequence"`
+	Menu       map[string]int `json:"menu"`
+	Dispensed  map[string]int `json:"dispensed"`
+	Pending    []string       `json:"pending"`
+}
