@@ -1,0 +1,321 @@
+// Package vending is the pure vending machine of the talk's demo: commands become events (or a
+// rejection, or a failure), events become state. It does no I/O and reads no clock; the event
+// log and the HTTP server are shells around it. The coin ledger and the pending orders are the
+// error kernel: everything that can go wrong (brewing) is decided here, but happens outside.
+package vending
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// MaxCoinsPerInsert bounds one insert: a real coin slot takes a handful at a time, and an
+// absurd count is a client bug, not money.
+const MaxCoinsPerInsert = 100
+
+// MaxKeyLength bounds an idempotency key.
+const MaxKeyLength = 128
+
+// Item is one beverage on the menu.
+type Item struct {
+	Price    int64
+	UsesMilk bool
+}
+
+// Config is what the machine sells and what a full machine holds.
+type Config struct {
+	Menu         map[string]Item
+	BeanCapacity int64
+	MilkCapacity int64
+}
+
+// DefaultConfig is the talk's machine: three beverages at 2 coins.
+func DefaultConfig() Config {
+	return Config{
+		Menu: map[string]Item{
+			"BlackCoffee": {Price: 2},
+			"Latte":       {Price: 2, UsesMilk: true},
+			"Espresso":    {Price: 2},
+		},
+		BeanCapacity: 100,
+		MilkCapacity: 50,
+	}
+}
+
+// Validate reports a config the machine cannot run with.
+func (c Config) Validate() error {
+	if len(c.Menu) == 0 {
+		return errors.New("vending: empty menu")
+	}
+	for name, it := range c.Menu {
+		if name == "" || it.Price <= 0 {
+			return fmt.Errorf("vending: menu item %q: price must be > 0", name)
+		}
+	}
+	if c.BeanCapacity <= 0 || c.MilkCapacity < 0 {
+		return errors.New("vending: bean capacity must be > 0 and milk capacity >= 0")
+	}
+	return nil
+}
+
+// Rejection is a validation error: it goes back to the client, changes nothing and is never a
+// failure of the machine.
+type Rejection struct {
+	Reason  string // NotEnoughCoins, UnknownBeverage, OutOfMilk, ...
+	Message string
+}
+
+func (r *Rejection) Error() string { return "vending: " + r.Reason + ": " + r.Message }
+
+// Rejection reasons.
+const (
+	RejectNotEnoughCoins  = "NotEnoughCoins"
+	RejectUnknownBeverage = "UnknownBeverage"
+	RejectOutOfMilk       = "OutOfMilk"
+	RejectBadCount        = "InvalidCount"
+	RejectKeyReused       = "IdempotencyKeyReused"
+	RejectBadKey          = "InvalidIdempotencyKey"
+	RejectUnknownOrder    = "UnknownOrder"
+)
+
+func reject(reason, format string, args ...any) *Rejection {
+	return &Rejection{Reason: reason, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrOutOfCoffeeBeans is a failure, not a rejection: a brew found the hopper empty. The order
+// is already persisted; the process dies and its supervisor's restart refills the beans.
+var ErrOutOfCoffeeBeans = errors.New("vending: out of coffee beans")
+
+// OrderStatus is where an order is.
+type OrderStatus string
+
+// Order statuses.
+const (
+	OrderPending   OrderStatus = "pending"
+	OrderDispensed OrderStatus = "dispensed"
+)
+
+// Order is one paid selection.
+type Order struct {
+	ID       string
+	Beverage string
+	Price    int64
+	Change   int64
+	UsesMilk bool
+	Status   OrderStatus
+	Seq      uint64 // sequence of the OrderPlaced event
+}
+
+// keyRecord is what an idempotency key did the first time, so that a retry returns it.
+type keyRecord struct {
+	Kind     Kind
+	Count    int64  // CoinsInserted: the request's count (to detect reuse with another body)
+	Inserted int64  // CoinsInserted: coins inserted after it
+	Seq      uint64 // the event's sequence
+	OrderID  string // OrderPlaced
+}
+
+// State is everything the log's events add up to.
+type State struct {
+	Seq        uint64 // sequence of the last applied event
+	Inserted   int64  // coins inserted toward the next order
+	TotalCoins int64  // coins in the machine: kept for orders plus inserted, less change given
+	Beans      int64
+	Milk       int64
+	Orders     map[string]*Order
+	Dispensed  map[string]int64
+	keys       map[string]keyRecord
+}
+
+// Machine is the state plus the config it runs with. It is not safe for concurrent use: one
+// goroutine owns it (the single writer).
+type Machine struct {
+	cfg Config
+	st  State
+}
+
+// New returns a full machine with no history.
+func New(cfg Config) *Machine {
+	return &Machine{cfg: cfg, st: State{
+		Beans:     cfg.BeanCapacity,
+		Milk:      cfg.MilkCapacity,
+		Orders:    map[string]*Order{},
+		Dispensed: map[string]int64{},
+		keys:      map[string]keyRecord{},
+	}}
+}
+
+// Config returns the machine's config.
+func (m *Machine) Config() Config { return m.cfg }
+
+// State returns the current state. Its maps are the machine's own: read, never write.
+func (m *Machine) State() *State { return &m.st }
+
+// Degraded says the machine serves only part of its menu: it is out of milk, and still sells
+// what needs none (the escalator that became stairs).
+func (m *Machine) Degraded() bool {
+	if m.st.Milk > 0 {
+		return false
+	}
+	for _, it := range m.cfg.Menu {
+		if it.UsesMilk {
+			return true
+		}
+	}
+	return false
+}
+
+// Pending lists the orders paid for but not dispensed, oldest first.
+func (m *Machine) Pending() []*Order {
+	var out []*Order
+	for _, o := range m.st.Orders {
+		if o.Status == OrderPending {
+			out = append(out, o)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out
+}
+
+// Order returns an order by id.
+func (m *Machine) Order(id string) (*Order, bool) {
+	o, ok := m.st.Orders[id]
+	return o, ok
+}
+
+// KeyResult is what a replayed idempotency key returns.
+type KeyResult struct {
+	Inserted int64  // for InsertCoins
+	Seq      uint64 // the first request's sequence
+	OrderID  string // for Select
+}
+
+func validKey(key string) error {
+	if len(key) > MaxKeyLength {
+		return reject(RejectBadKey, "Idempotency-Key is longer than %d bytes", MaxKeyLength)
+	}
+	return nil
+}
+
+// InsertCoins decides Coins(n). A key already seen returns its first result and no event.
+func (m *Machine) InsertCoins(count int64, key string) (*Event, *KeyResult, error) {
+	if count <= 0 || count > MaxCoinsPerInsert {
+		return nil, nil, reject(RejectBadCount, "count must be between 1 and %d, got %d", MaxCoinsPerInsert, count)
+	}
+	if err := validKey(key); err != nil {
+		return nil, nil, err
+	}
+	if rec, ok := m.st.keys[key]; ok && key != "" {
+		if rec.Kind != KindCoinsInserted || rec.Count != count {
+			return nil, nil, reject(RejectKeyReused, "Idempotency-Key %q was used for another request", key)
+		}
+		return nil, &KeyResult{Inserted: rec.Inserted, Seq: rec.Seq}, nil
+	}
+	return &Event{Kind: KindCoinsInserted, Count: count, Key: key}, nil, nil
+}
+
+// Select decides Selection(beverage): with enough coins it places an order (persisted before
+// brewing), otherwise it rejects with the talk's "Please insert [N] coins".
+func (m *Machine) Select(beverage, key string) (*Event, *KeyResult, error) {
+	if err := validKey(key); err != nil {
+		return nil, nil, err
+	}
+	if rec, ok := m.st.keys[key]; ok && key != "" {
+		o := m.st.Orders[rec.OrderID]
+		if rec.Kind != KindOrderPlaced || o == nil || o.Beverage != beverage {
+			return nil, nil, reject(RejectKeyReused, "Idempotency-Key %q was used for another request", key)
+		}
+		return nil, &KeyResult{OrderID: rec.OrderID, Seq: rec.Seq}, nil
+	}
+	item, ok := m.cfg.Menu[beverage]
+	if !ok {
+		return nil, nil, reject(RejectUnknownBeverage, "%q is not on the menu", beverage)
+	}
+	if item.UsesMilk && m.st.Milk <= 0 {
+		return nil, nil, reject(RejectOutOfMilk, "out of milk: %s is not available, beverages without milk are", beverage)
+	}
+	if m.st.Inserted < item.Price {
+		return nil, nil, reject(RejectNotEnoughCoins, "Please insert [%d] coins", item.Price-m.st.Inserted)
+	}
+	seq := m.st.Seq + 1
+	return &Event{
+		Kind:     KindOrderPlaced,
+		OrderID:  fmt.Sprintf("o-%d", seq),
+		Beverage: beverage,
+		Price:    item.Price,
+		Change:   m.st.Inserted - item.Price,
+		UsesMilk: item.UsesMilk,
+		Key:      key,
+	}, nil, nil
+}
+
+// Brew decides the brewing of a pending order. An empty hopper is a failure.
+func (m *Machine) Brew(orderID string) (*Event, error) {
+	o, ok := m.st.Orders[orderID]
+	if !ok || o.Status != OrderPending {
+		return nil, reject(RejectUnknownOrder, "no pending order %q", orderID)
+	}
+	if m.st.Beans <= 0 {
+		return nil, fmt.Errorf("%w: order %s", ErrOutOfCoffeeBeans, orderID)
+	}
+	return &Event{Kind: KindBeverageDispensed, OrderID: orderID}, nil
+}
+
+// TriggerOutOfBeans is the talk's TriggerOutOfCoffeeBeansFailure: the hopper runs empty.
+func (m *Machine) TriggerOutOfBeans() *Event { return &Event{Kind: KindBeansEmptied} }
+
+// Refill restocks beans and milk to capacity (the service guy's visit).
+func (m *Machine) Refill() *Event {
+	return &Event{Kind: KindRefilled, Beans: m.cfg.BeanCapacity, Milk: m.cfg.MilkCapacity}
+}
+
+// NeedsRefill says the hopper is empty. A restarted machine checks it before it serves: the
+// supervisor's restart brings the service guy (Refill), then every order that was paid for but
+// not dispensed is brewed (the talk's postRestart resubmitting the pending order).
+func (m *Machine) NeedsRefill() bool { return m.st.Beans <= 0 }
+
+// Apply adds one event to the state. Events come from the log, so they were valid when decided;
+// Apply checks only what would corrupt the state (sequence gaps, unknown orders).
+func (m *Machine) Apply(seq uint64, e *Event) error {
+	if seq != m.st.Seq+1 {
+		return fmt.Errorf("vending: event sequence %d does not follow %d", seq, m.st.Seq)
+	}
+	switch e.Kind {
+	case KindCoinsInserted:
+		m.st.Inserted += e.Count
+		m.st.TotalCoins += e.Count
+		if e.Key != "" {
+			m.st.keys[e.Key] = keyRecord{Kind: KindCoinsInserted, Count: e.Count, Inserted: m.st.Inserted, Seq: seq}
+		}
+	case KindOrderPlaced:
+		m.st.Inserted = 0
+		m.st.TotalCoins -= e.Change
+		m.st.Orders[e.OrderID] = &Order{
+			ID: e.OrderID, Beverage: e.Beverage, Price: e.Price, Change: e.Change,
+			UsesMilk: e.UsesMilk, Status: OrderPending, Seq: seq,
+		}
+		if e.Key != "" {
+			m.st.keys[e.Key] = keyRecord{Kind: KindOrderPlaced, OrderID: e.OrderID, Seq: seq}
+		}
+	case KindBeverageDispensed:
+		o, ok := m.st.Orders[e.OrderID]
+		if !ok {
+			return fmt.Errorf("vending: event %d dispenses unknown order %q", seq, e.OrderID)
+		}
+		o.Status = OrderDispensed
+		m.st.Beans--
+		if o.UsesMilk {
+			m.st.Milk--
+		}
+		m.st.Dispensed[o.Beverage]++
+	case KindBeansEmptied:
+		m.st.Beans = 0
+	case KindRefilled:
+		m.st.Beans, m.st.Milk = e.Beans, e.Milk
+	default:
+		return fmt.Errorf("vending: event %d has unknown kind %d", seq, e.Kind)
+	}
+	m.st.Seq = seq
+	return nil
+}
