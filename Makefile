@@ -76,6 +76,7 @@ test-e2e: ## End-to-end suite against the cluster KUBECONFIG names.
 .PHONY: build
 build: manifests generate fmt vet ## Build the manager and vending pod binaries into bin/.
 	CGO_ENABLED=0 go build -trimpath -o bin/manager ./cmd/manager
+	CGO_ENABLED=0 go build -trimpath -o bin/vendingpod ./cmd/vendingpod
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager on this machine against the current kubeconfig.
@@ -84,10 +85,12 @@ run: manifests generate fmt vet ## Run the manager on this machine against the c
 .PHONY: docker-build
 docker-build: ## Build the manager and vending pod images with Docker (where a Docker engine exists).
 	$(CONTAINER_TOOL) build -t $(IMG) -f Dockerfile .
+	$(CONTAINER_TOOL) build -t $(VENDING_IMG) -f Dockerfile.vendingpod .
 
 .PHONY: docker-push
 docker-push: ## Push the images.
 	$(CONTAINER_TOOL) push $(IMG)
+	$(CONTAINER_TOOL) push $(VENDING_IMG)
 
 .PHONY: build-installer
 build-installer: manifests generate kustomize ## One YAML with CRDs and the deployment: dist/install.yaml.

@@ -16,7 +16,7 @@ func (l *Log) SaveSnapshot(seq uint64, data []byte) error {
 	if len(data) > l.opts.MaxRecordSize {
 		return fmt.Errorf("%w: snapshot of %d bytes", ErrRecordTooBig, len(data))
 	}
-	if err := l.waitDurable(seq); err != nil {
+	if err := l.WaitDurable(seq); err != nil {
 		return err
 	}
 	l.snapMu.Lock()

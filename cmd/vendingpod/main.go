@@ -1,0 +1,49 @@
+// Command vendingpod is one vending machine: the talk's CoffeeMachine as a crash-only,
+// event-sourced service. Its state lives in an append-only event log under --data-dir (the
+// pod's PersistentVolumeClaim) and is replayed at every start; failures are reported as an
+// exit code and a JSON termination message for the supervisor (the operator). The HTTP API and
+// the exit codes are documented in docs/vendingpod-api.md.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/eventlog"
+	"github.com/vendingfleet/vending-operator/internal/vending"
+	"github.com/vendingfleet/vending-operator/internal/vendingpod"
+)
+
+func main() {
+	def := vending.DefaultConfig()
+	cfg := vendingpod.Config{Machine: def}
+	var menu string
+	flag.StringVar(&cfg.DataDir, "data-dir", "/data", "Directory of the event log (the PersistentVolumeClaim's mount).")
+	flag.StringVar(&cfg.Listen, "listen", vendingpod.DefaultListen(), "Address of the HTTP API, probes and metrics.")
+	flag.StringVar(&menu, "menu", "BlackCoffee=2,Latte=2:milk,Espresso=2", "Menu: Name=price[:milk],...")
+	flag.Int64Var(&cfg.Machine.BeanCapacity, "beans", def.BeanCapacity, "Brews a full bean hopper makes.")
+	flag.Int64Var(&cfg.Machine.MilkCapacity, "milk", def.MilkCapacity, "Milk beverages a full tank makes.")
+	flag.Uint64Var(&cfg.SnapshotEvery, "snapshot-every", 10000, "Write a snapshot every this many events (0: never).")
+	flag.Int64Var(&cfg.SegmentSize, "segment-size", eventlog.DefaultSegmentSize, "Start a new log segment past this many bytes.")
+	flag.IntVar(&cfg.MailboxSize, "mailbox-size", 1024, "Commands that may wait for the writer before requests get 503.")
+	flag.BoolVar(&cfg.EnableFaults, "enable-faults", false, "Serve POST /v1/faults/out-of-beans (demos and tests).")
+	flag.StringVar(&cfg.TerminationMessagePath, "termination-message-path", contract.DefaultTerminationMessagePath,
+		"Where the failure's JSON termination message is written before the process exits.")
+	flag.Parse()
+
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	var err error
+	if cfg.Machine.Menu, err = vendingpod.ParseMenu(menu); err != nil || cfg.MailboxSize < 1 {
+		if err == nil {
+			err = fmt.Errorf("--mailbox-size must be at least 1")
+		}
+		fmt.Fprintln(os.Stderr, "vendingpod:", err)
+		os.Exit(contract.ExitConfigError)
+	}
+	if err := vendingpod.Run(cfg); err != nil {
+		os.Exit(contract.ExitConfigError) // Run reported and exited already; this is a backstop.
+	}
+}

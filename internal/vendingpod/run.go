@@ -1,0 +1,217 @@
+package vendingpod
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/eventlog"
+	"github.com/vendingfleet/vending-operator/internal/vending"
+)
+
+// Config is everything the vending pod runs with.
+type Config struct {
+	DataDir                string
+	Listen                 string
+	Machine                vending.Config
+	SnapshotEvery          uint64
+	SegmentSize            int64
+	MailboxSize            int
+	EnableFaults           bool
+	TerminationMessagePath string
+	Logger                 *slog.Logger
+	// Exit ends the process after a failure was reported; os.Exit unless a test replaces it.
+	Exit func(code int)
+}
+
+// ParseMenu reads a menu like "BlackCoffee=2,Latte=2:milk,Espresso=2".
+func ParseMenu(s string) (map[string]vending.Item, error) {
+	menu := map[string]vending.Item{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, rest, ok := strings.Cut(part, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("menu item %q: want Name=price[:milk]", part)
+		}
+		priceStr, opt, _ := strings.Cut(rest, ":")
+		price, err := strconv.ParseInt(priceStr, 10, 64)
+		if err != nil || price <= 0 {
+			return nil, fmt.Errorf("menu item %q: price must be a positive whole number of coins", part)
+		}
+		if opt != "" && opt != "milk" {
+			return nil, fmt.Errorf("menu item %q: unknown option %q (only :milk)", part, opt)
+		}
+		if _, dup := menu[name]; dup {
+			return nil, fmt.Errorf("menu item %q is listed twice", name)
+		}
+		menu[name] = vending.Item{Price: price, UsesMilk: opt == "milk"}
+	}
+	if len(menu) == 0 {
+		return nil, errors.New("menu is empty")
+	}
+	return menu, nil
+}
+
+// DefaultListen is $POD_IP:8080 inside a pod (so the API is not on every interface of a shared
+// network namespace), :8080 elsewhere.
+func DefaultListen() string {
+	return net.JoinHostPort(os.Getenv("POD_IP"), strconv.Itoa(contract.Port))
+}
+
+// reporter reifies failures: a termination message for the supervisor, a log line, an exit.
+type reporter struct {
+	path   string
+	logger *slog.Logger
+	exit   func(int)
+	now    func() time.Time
+}
+
+func (r reporter) fail(f Failure) {
+	msg := contract.TerminationMessage{
+		Reason: f.Reason, Message: f.Message, ExitCode: f.ExitCode, PendingOrder: f.PendingOrder,
+		Sequence: f.Sequence, File: f.File, Offset: f.Offset, Time: r.now().UTC(),
+	}
+	b, _ := json.Marshal(msg)
+	if r.path != "" {
+		// Best effort: a failure to report must not stop the process from dying.
+		if err := os.WriteFile(r.path, b, 0o644); err != nil {
+			r.logger.Error("Writing termination message", "path", r.path, "err", err)
+		}
+	}
+	r.logger.Error("Vending machine failed", "reason", f.Reason, "exitCode", f.ExitCode, "message", f.Message,
+		"pendingOrder", f.PendingOrder, "sequence", f.Sequence, "file", f.File, "offset", f.Offset)
+	r.exit(f.ExitCode)
+	select {} // Exit does not return; a test's replacement blocks this goroutine instead.
+}
+
+// openFailure turns an error from opening the log into the failure it is.
+func openFailure(err error) Failure {
+	var ce *eventlog.CorruptError
+	switch {
+	case errors.As(err, &ce):
+		return Failure{Reason: contract.ReasonCorruptLog, ExitCode: contract.ExitCorruptLog, Message: err.Error(),
+			File: ce.File, Offset: ce.Offset}
+	case errors.Is(err, eventlog.ErrLocked):
+		return Failure{Reason: contract.ReasonLogLocked, ExitCode: contract.ExitLogLocked, Message: err.Error()}
+	default:
+		return Failure{Reason: contract.ReasonStorageFailure, ExitCode: contract.ExitStorageFailure, Message: err.Error()}
+	}
+}
+
+// Run serves the vending machine until the process dies. It returns only if it cannot start
+// serving at all (after reporting that as a failure).
+func Run(cfg Config) error {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	exit := cfg.Exit
+	if exit == nil {
+		exit = os.Exit
+	}
+	rep := reporter{path: cfg.TerminationMessagePath, logger: logger, exit: exit, now: time.Now}
+	if err := cfg.Machine.Validate(); err != nil {
+		rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: err.Error()})
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	logMetrics := eventlog.NewMetrics(reg)
+	mailbox := make(chan command, cfg.MailboxSize)
+	srv := &server{
+		mailbox:      mailbox,
+		menu:         map[string]int{},
+		enableFaults: cfg.EnableFaults,
+		now:          time.Now,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vending_http_requests_total", Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+	}
+	for name, it := range cfg.Machine.Menu {
+		srv.menu[name] = int(it.Price)
+	}
+	reg.MustRegister(srv.requests, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "vending_mailbox_depth", Help: "Commands waiting for the writer.",
+	}, func() float64 { return float64(len(mailbox)) }))
+
+	// Serve probes while the log replays: alive at once, ready only after recovery.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: err.Error()})
+		return err
+	}
+	httpSrv := &http.Server{
+		Handler:           srv.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	go func() {
+		if err := httpSrv.Serve(ln); err != nil {
+			rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: "http: " + err.Error()})
+		}
+	}()
+
+	m := vending.New(cfg.Machine)
+	l, stats, err := eventlog.Open(cfg.DataDir, eventlog.Options{
+		SegmentSize: cfg.SegmentSize, Logger: logger, Metrics: logMetrics,
+	}, replayer{m})
+	if err != nil {
+		rep.fail(openFailure(err))
+		return err
+	}
+	srv.log = l
+	logger.Info("Replayed event log", "dir", cfg.DataDir, "snapshotSeq", stats.SnapshotSeq, "records", stats.Records,
+		"lastSeq", stats.LastSeq, "tornBytes", stats.TornBytes, "duration", stats.Duration)
+
+	snapshots := make(chan snapshotJob, 1)
+	w := &writer{
+		m: m, log: l, now: time.Now, acks: make(chan ack, cfg.MailboxSize+1), every: cfg.SnapshotEvery,
+		lastSnap: stats.SnapshotSeq, fail: rep.fail,
+		snapshot: func(seq uint64, data []byte) {
+			select {
+			case snapshots <- snapshotJob{seq, data}:
+			default: // one is being written; the next interval takes another
+			}
+		},
+	}
+	go func() {
+		for j := range snapshots {
+			if err := l.SaveSnapshot(j.seq, j.data); err != nil {
+				logger.Error("Writing snapshot", "seq", j.seq, "err", err)
+			}
+		}
+	}()
+	go w.acknowledger()
+	if err := w.recover(); err != nil {
+		rep.fail(Failure{Reason: contract.ReasonStorageFailure, ExitCode: contract.ExitStorageFailure, Message: err.Error()})
+		return err
+	}
+	st := m.State()
+	logger.Info("Vending machine ready", "listen", ln.Addr().String(), "menu", menuString(cfg.Machine.Menu),
+		"totalCoins", st.TotalCoins, "inserted", st.Inserted, "beans", st.Beans, "milk", st.Milk, "seq", st.Seq)
+	srv.ready.Store(true)
+	w.run(mailbox)
+	return nil
+}
+
+type snapshotJob struct {
+	seq  uint64
+	data []byte
+}
