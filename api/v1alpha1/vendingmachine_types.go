@@ -39,7 +39,7 @@ type Inventory struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=1000000
 	// +optional
-	Milk int32 `json:"milk,omitempty"`
+	Milk *int32 `json:"milk,omitempty"`
 }
 
 // SupervisorAction is what the supervisor does about a failure.
@@ -90,7 +90,7 @@ type Backoff struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=100
 	// +optional
-	JitterPercent int32 `json:"jitterPercent,omitempty"`
+	JitterPercent *int32 `json:"jitterPercent,omitempty"`
 }
 
 // Supervision is the machine's supervisor strategy: the talk's
@@ -102,7 +102,7 @@ type Supervision struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=1000
 	// +optional
-	MaxRestarts int32 `json:"maxRestarts"`
+	MaxRestarts *int32 `json:"maxRestarts,omitempty"`
 
 	// window is the time range over which restarts are counted.
 	// +kubebuilder:default="1m"

@@ -8,10 +8,14 @@ import (
 	"flag"
 	"os"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -72,6 +76,11 @@ func main() {
 		LeaderElection:                leaderElect,
 		LeaderElectionID:              "vending-operator.vending.resilience.dev",
 		LeaderElectionReleaseOnCancel: true,
+		// Cache only the pods this operator owns: a cluster's other pods would cost memory for
+		// nothing.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Label: labels.SelectorFromSet(nil).Add(controller.MachineLabelRequirement())},
+		}},
 	})
 	if err != nil {
 		log.Error(err, "Unable to create manager")
@@ -83,6 +92,7 @@ func main() {
 		Scheme:       mgr.GetScheme(),
 		Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
 		VendingImage: vendingImage,
+		StateReader:  controller.NewHTTPStateReader(),
 	}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
 		log.Error(err, "Unable to set up controller", "controller", "VendingMachine")
 		os.Exit(1)

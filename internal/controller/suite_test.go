@@ -6,6 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/onsi/gomega"
 
 	"go.uber.org/zap/zapcore"
 
@@ -90,6 +93,7 @@ func runSuite(m *testing.M) int {
 		Scheme:       mgr.GetScheme(),
 		Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
 		VendingImage: DefaultVendingImage,
+		StateReader:  startFakePodAPI(),
 	}).SetupWithManager(mgr, Options{MaxConcurrentReconciles: 4}); err != nil {
 		fmt.Fprintf(os.Stderr, "envtest: controller: %v\n", err)
 		return 1
@@ -99,6 +103,10 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "envtest: manager stopped: %v\n", err)
 		}
 	}()
+	// envtest is a real API server: give Eventually the time a real one needs.
+	gomega.SetDefaultEventuallyTimeout(20 * time.Second)
+	gomega.SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
+	gomega.SetDefaultConsistentlyPollingInterval(100 * time.Millisecond)
 	return m.Run()
 }
 

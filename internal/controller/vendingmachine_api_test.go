@@ -28,7 +28,9 @@ func TestVendingMachineCreateReadDelete(t *testing.T) {
 		vendingv1alpha1.Beverage{Name: "Latte", Price: 2, UsesMilk: true},
 		vendingv1alpha1.Beverage{Name: "Espresso", Price: 2},
 	))
-	g.Expect(got.Spec.Supervision.MaxRestarts).To(BeEquivalentTo(10))
+	g.Expect(got.Spec.Supervision.MaxRestarts).To(HaveValue(BeEquivalentTo(10)))
+	g.Expect(got.Spec.Inventory.Milk).To(HaveValue(BeEquivalentTo(50)))
+	g.Expect(got.Spec.Supervision.Backoff.JitterPercent).To(HaveValue(BeEquivalentTo(10)))
 	g.Expect(got.Spec.Supervision.Window.Duration.String()).To(Equal("1m0s"))
 	g.Expect(got.Spec.Supervision.Decider).To(ContainElement(
 		vendingv1alpha1.DeciderRule{Reason: "OutOfCoffeeBeans", Action: vendingv1alpha1.ActionRestart}))

@@ -47,10 +47,12 @@
 //
 // # Durability and group commit
 //
-// Appenders encode their record into the current batch and wait. One flusher goroutine writes a
-// whole batch with one write and one fdatasync, then wakes every appender in it; records that
-// arrive meanwhile form the next batch. One writer pays one fsync per record; many writers share
-// them. A failed write or fsync poisons the log: every later Append fails, and the caller is
+// Appenders encode their record into the current batch and wait. A waiter that finds no flush
+// in progress becomes the leader: it writes the whole batch with one write and one fdatasync,
+// then wakes every appender in it; records that arrive meanwhile form the next batch. A lone
+// writer pays one fsync per record and no hand-off to another goroutine; many writers share
+// each fsync. Submit lets a single writer pipeline: it applies its record at once and
+// acknowledges it when WaitDurable returns (records become durable in sequence order). A failed write or fsync poisons the log: every later Append fails, and the caller is
 // expected to exit (after a failed fsync the page cache can no longer be trusted, so retrying
 // and pretending would be a lie).
 package eventlog

@@ -72,21 +72,20 @@ type Log struct {
 	opts    Options
 	release func() error
 
-	mu      sync.Mutex
-	cond    *sync.Cond // signals durable advancing, and the flusher's work
-	cur     *batch     // records waiting for the flusher
-	nextSeq uint64
-	durable uint64
-	failed  error // sticky: a failed write or fsync poisons the log
-	closed  bool
+	mu       sync.Mutex
+	cond     *sync.Cond // broadcast whenever a flush ends
+	cur      *batch     // records waiting for the next flush
+	flushing bool       // a leader is writing a batch
+	nextSeq  uint64
+	durable  uint64
+	failed   error // sticky: a failed write or fsync poisons the log
+	closed   bool
 
-	// owned by the flusher
+	// owned by the leader of the flush in progress
 	seg     File
 	segSize int64
 
 	snapMu sync.Mutex // one snapshot at a time
-
-	flushed chan struct{} // closed when the flusher exits
 }
 
 type batch struct {
@@ -94,11 +93,7 @@ type batch struct {
 	firstSeq uint64
 	lastSeq  uint64
 	records  int
-	done     chan struct{}
-	err      error
 }
-
-func newBatch() *batch { return &batch{done: make(chan struct{})} }
 
 // Open locks dir, replays the newest snapshot and the records after it into r, repairs a torn
 // tail, and returns the log ready for appends. Corruption is an error that names the file and
@@ -118,7 +113,7 @@ func Open(dir string, opts Options, r Replayer) (*Log, ReplayStats, error) {
 		}
 		return nil, stats, fmt.Errorf("%w: locking %s: %w", ErrStorage, dir, err)
 	}
-	l := &Log{dir: dir, opts: opts, release: release, cur: newBatch(), flushed: make(chan struct{})}
+	l := &Log{dir: dir, opts: opts, release: release, cur: &batch{}}
 	l.cond = sync.NewCond(&l.mu)
 	if err := l.recover(r, &stats); err != nil {
 		_ = release()
@@ -131,7 +126,6 @@ func Open(dir string, opts Options, r Replayer) (*Log, ReplayStats, error) {
 		m.ReplaySeconds.Set(stats.Duration.Seconds())
 		m.ReplayedRecords.Set(float64(stats.Records))
 	}
-	go l.flusher()
 	return l, stats, nil
 }
 
@@ -387,8 +381,7 @@ func (l *Log) Submit(typ RecordType, payload []byte) (uint64, func() error, erro
 	b.lastSeq = seq
 	b.records++
 	l.mu.Unlock()
-	l.cond.Broadcast()
-	return seq, func() error { <-b.done; return b.err }, nil
+	return seq, func() error { return l.WaitDurable(seq) }, nil
 }
 
 func (l *Log) unusable() error {
@@ -401,45 +394,53 @@ func (l *Log) unusable() error {
 	return nil
 }
 
-// flusher writes batches: one write and one fdatasync per batch, however many records.
-func (l *Log) flusher() {
-	defer close(l.flushed)
-	for {
-		l.mu.Lock()
-		for l.cur.records == 0 && !l.closed {
+// WaitDurable blocks until seq is durable, or the log failed. Waiters drive the group commit:
+// one that finds no flush in progress becomes the leader, takes every record submitted so far
+// as one batch, writes it with one write and one fdatasync, and wakes the others; records
+// submitted meanwhile wait for the next leader. A lone writer so pays no hand-off to another
+// goroutine, and many writers share each fsync (as LevelDB's writer queue does).
+func (l *Log) WaitDurable(seq uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.durable < seq {
+		if l.failed != nil {
+			return l.failed
+		}
+		if seq >= l.nextSeq {
+			return fmt.Errorf("eventlog: sequence %d was never submitted", seq)
+		}
+		if l.flushing {
 			l.cond.Wait()
+			continue
 		}
-		b := l.cur
-		if b.records == 0 { // closed and drained
-			l.mu.Unlock()
-			return
-		}
-		l.cur = newBatch()
-		l.mu.Unlock()
-
-		err := l.writeBatch(b)
-
-		l.mu.Lock()
-		if err != nil && l.failed == nil {
-			l.failed = err
-		}
-		b.err = l.failed
-		if b.err == nil {
-			l.durable = b.lastSeq
-		}
-		l.mu.Unlock()
-		close(b.done)
-		l.cond.Broadcast()
+		l.flushLocked()
 	}
+	return nil
+}
+
+// flushLocked writes the current batch as the leader. It is called with l.mu held, releases it
+// for the I/O and holds it again on return.
+func (l *Log) flushLocked() {
+	b := l.cur
+	if b.records == 0 {
+		return
+	}
+	l.cur = &batch{}
+	l.flushing = true
+	l.mu.Unlock()
+	err := l.writeBatch(b)
+	l.mu.Lock()
+	l.flushing = false
+	if err != nil && l.failed == nil {
+		l.failed = err
+	}
+	if l.failed == nil {
+		l.durable = b.lastSeq
+	}
+	l.cond.Broadcast()
 }
 
 func (l *Log) writeBatch(b *batch) error {
-	l.mu.Lock()
-	failed := l.failed
-	l.mu.Unlock()
-	if failed != nil {
-		return failed
-	}
 	if l.segSize > 0 && l.segSize+int64(len(b.buf)) > l.opts.SegmentSize {
 		if err := l.createSegment(b.firstSeq); err != nil {
 			return err
@@ -479,34 +480,22 @@ func (l *Log) Err() error {
 	return l.failed
 }
 
-// WaitDurable blocks until seq is durable, or the log failed or closed.
-func (l *Log) WaitDurable(seq uint64) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for l.durable < seq {
-		if l.failed != nil {
-			return l.failed
-		}
-		if l.closed && l.cur.records == 0 {
-			return ErrClosed
-		}
-		l.cond.Wait()
-	}
-	return nil
-}
-
-// Close waits for submitted records to be written, then releases the log. Crash-only programs
-// need not call it; tests and benchmarks do.
+// Close writes what was submitted, then releases the log. Crash-only programs need not call it;
+// tests and benchmarks do.
 func (l *Log) Close() error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
 		return ErrClosed
 	}
+	for l.flushing {
+		l.cond.Wait()
+	}
+	if l.failed == nil {
+		l.flushLocked()
+	}
 	l.closed = true
 	l.mu.Unlock()
-	l.cond.Broadcast()
-	<-l.flushed
 	l.snapMu.Lock()
 	defer l.snapMu.Unlock()
 	err := l.seg.Close()

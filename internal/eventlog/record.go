@@ -16,6 +16,10 @@ const (
 	// DefaultMaxRecordSize bounds a record's payload; a larger length is corruption, found
 	// before anything is allocated.
 	DefaultMaxRecordSize = 16 << 20
+
+	// MaxSnapshotSize bounds a snapshot: it holds the whole state (every order and idempotency
+	// key), so it may be far larger than any event.
+	MaxSnapshotSize = 1 << 30
 )
 
 // RecordType says what a record holds. Zero is not a type: an all-zero header ends the log.

@@ -13,7 +13,7 @@ func snapshotName(seq uint64) string {
 // ahead of the log it summarizes), then removes older snapshots and the segments whose
 // records it covers. It is safe to call from any goroutine; snapshots are taken one at a time.
 func (l *Log) SaveSnapshot(seq uint64, data []byte) error {
-	if len(data) > l.opts.MaxRecordSize {
+	if len(data) > MaxSnapshotSize {
 		return fmt.Errorf("%w: snapshot of %d bytes", ErrRecordTooBig, len(data))
 	}
 	if err := l.WaitDurable(seq); err != nil {

@@ -169,7 +169,8 @@ func (m *Machine) RestoreSnapshot(b []byte) error {
 	if v := d.byte(); v != snapshotVersion && d.err == nil {
 		return fmt.Errorf("%w: snapshot version %d, want %d", ErrBadEncoding, v, snapshotVersion)
 	}
-	s := State{Orders: map[string]*Order{}, Dispensed: map[string]int64{}, keys: map[string]keyRecord{}}
+	s := State{Orders: map[string]*Order{}, Dispensed: map[string]int64{}, keys: map[string]keyRecord{},
+		pending: map[string]*Order{}}
 	s.Seq = d.uvarint()
 	s.Inserted, s.TotalCoins, s.Beans, s.Milk = d.varint(), d.varint(), d.varint(), d.varint()
 	for n := d.count(); n > 0 && d.err == nil; n-- {
@@ -180,6 +181,9 @@ func (m *Machine) RestoreSnapshot(b []byte) error {
 		}
 		o.Seq = d.uvarint()
 		s.Orders[o.ID] = o
+		if o.Status == OrderPending {
+			s.pending[o.ID] = o
+		}
 	}
 	for n := d.count(); n > 0 && d.err == nil; n-- {
 		k := d.string()

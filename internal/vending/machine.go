@@ -126,6 +126,7 @@ type State struct {
 	Orders     map[string]*Order
 	Dispensed  map[string]int64
 	keys       map[string]keyRecord
+	pending    map[string]*Order // the orders not yet dispensed: a handful, while Orders grows
 }
 
 // Machine is the state plus the config it runs with. It is not safe for concurrent use: one
@@ -143,6 +144,7 @@ func New(cfg Config) *Machine {
 		Orders:    map[string]*Order{},
 		Dispensed: map[string]int64{},
 		keys:      map[string]keyRecord{},
+		pending:   map[string]*Order{},
 	}}
 }
 
@@ -168,11 +170,9 @@ func (m *Machine) Degraded() bool {
 
 // Pending lists the orders paid for but not dispensed, oldest first.
 func (m *Machine) Pending() []*Order {
-	var out []*Order
-	for _, o := range m.st.Orders {
-		if o.Status == OrderPending {
-			out = append(out, o)
-		}
+	out := make([]*Order, 0, len(m.st.pending))
+	for _, o := range m.st.pending {
+		out = append(out, o)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
 	return out
@@ -291,10 +291,12 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 	case KindOrderPlaced:
 		m.st.Inserted = 0
 		m.st.TotalCoins -= e.Change
-		m.st.Orders[e.OrderID] = &Order{
+		o := &Order{
 			ID: e.OrderID, Beverage: e.Beverage, Price: e.Price, Change: e.Change,
 			UsesMilk: e.UsesMilk, Status: OrderPending, Seq: seq,
 		}
+		m.st.Orders[e.OrderID] = o
+		m.st.pending[e.OrderID] = o
 		if e.Key != "" {
 			m.st.keys[e.Key] = keyRecord{Kind: KindOrderPlaced, OrderID: e.OrderID, Seq: seq}
 		}
@@ -304,6 +306,7 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 			return fmt.Errorf("vending: event %d dispenses unknown order %q", seq, e.OrderID)
 		}
 		o.Status = OrderDispensed
+		delete(m.st.pending, o.ID)
 		m.st.Beans--
 		if o.UsesMilk {
 			m.st.Milk--

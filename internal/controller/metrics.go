@@ -1,0 +1,28 @@
+package controller
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Supervision metrics, served with controller-runtime's on the manager's metrics endpoint.
+var (
+	restartsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vending_restarts_total", Help: "Vending pods restarted by the supervisor, by failure reason.",
+	}, []string{"reason"})
+	escalationsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "vending_escalations_total", Help: "Failures the supervisor escalated.",
+	})
+	backoffSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "vending_backoff_seconds", Help: "Backoff the supervisor chose before a restart.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 12),
+	})
+)
+
+func init() {
+	metrics.Registry.MustRegister(restartsTotal, escalationsTotal, backoffSeconds)
+}
+
+func klogRef(obj client.Object) klog.ObjectRef { return klog.KObj(obj) }

@@ -1,0 +1,198 @@
+package controller
+
+import (
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/contract"
+)
+
+// Pure builders: names derive from the machine, so a stale cache yields AlreadyExists, never a
+// duplicate.
+
+func pvcName(vm *vendingv1alpha1.VendingMachine) string { return vm.Name + "-log" }
+
+func serviceName(vm *vendingv1alpha1.VendingMachine) string { return vm.Name }
+
+func podName(vm *vendingv1alpha1.VendingMachine, incarnation int32) string {
+	return fmt.Sprintf("%s-%d", vm.Name, incarnation)
+}
+
+func selectorLabels(vm *vendingv1alpha1.VendingMachine) map[string]string {
+	return map[string]string{labelMachine: vm.Name}
+}
+
+func commonLabels(vm *vendingv1alpha1.VendingMachine) map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/name":       "vendingmachine",
+		"app.kubernetes.io/instance":   vm.Name,
+		"app.kubernetes.io/managed-by": "vending-operator",
+		labelMachine:                   vm.Name,
+	}
+}
+
+func ownerRef(vm *vendingv1alpha1.VendingMachine) metav1.OwnerReference {
+	return *metav1.NewControllerRef(vm, vendingv1alpha1.GroupVersion.WithKind("VendingMachine"))
+}
+
+// buildPVC is the claim that holds the machine's event log. With whenDeleted=Retain it has no
+// owner, so the garbage collector leaves it (and the log, the machine's truth) when the machine
+// goes; a machine created again with the same name resumes that log.
+func buildPVC(vm *vendingv1alpha1.VendingMachine) *corev1.PersistentVolumeClaim {
+	size := resource.MustParse("1Gi")
+	if vm.Spec.Storage.Size != nil {
+		size = *vm.Spec.Storage.Size
+	}
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: pvcName(vm), Namespace: vm.Namespace, Labels: commonLabels(vm)},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: vm.Spec.Storage.StorageClassName,
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: size}},
+		},
+	}
+	if vm.Spec.Storage.WhenDeleted == vendingv1alpha1.DeletePVC {
+		pvc.OwnerReferences = []metav1.OwnerReference{ownerRef(vm)}
+	}
+	return pvc
+}
+
+func buildService(vm *vendingv1alpha1.VendingMachine) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: serviceName(vm), Namespace: vm.Namespace, Labels: commonLabels(vm),
+			OwnerReferences: []metav1.OwnerReference{ownerRef(vm)}},
+		Spec: corev1.ServiceSpec{
+			Selector: selectorLabels(vm),
+			Ports: []corev1.ServicePort{{Name: "http", Port: contract.Port, Protocol: corev1.ProtocolTCP,
+				TargetPort: intstr.FromString("http")}},
+		},
+	}
+}
+
+func endpoint(vm *vendingv1alpha1.VendingMachine) string {
+	return fmt.Sprintf("http://%s.%s.svc:%d", serviceName(vm), vm.Namespace, contract.Port)
+}
+
+func menuArg(menu []vendingv1alpha1.Beverage) string {
+	parts := make([]string, 0, len(menu))
+	for _, b := range menu {
+		p := fmt.Sprintf("%s=%d", b.Name, b.Price)
+		if b.UsesMilk {
+			p += ":milk"
+		}
+		parts = append(parts, p)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+// templateHash hashes what the pod is built from, so a spec change is seen on a running pod.
+func templateHash(vm *vendingv1alpha1.VendingMachine, image string) string {
+	b, _ := json.Marshal(struct {
+		Image     string
+		Menu      string
+		Inventory vendingv1alpha1.Inventory
+		Faults    bool
+		Resources *corev1.ResourceRequirements
+	}{image, menuArg(vm.Spec.Menu), vm.Spec.Inventory, vm.Spec.EnableFaultInjection, vm.Spec.Resources})
+	h := fnv.New64a()
+	_, _ = h.Write(b)
+	return strconv.FormatUint(h.Sum64(), 36)
+}
+
+// podMemory is what a new pod carries of the supervisor's memory.
+type podMemory struct {
+	incarnation int32
+	history     string // annotationRestartHistory
+	lastFailure string // annotationLastFailure
+}
+
+// buildPod is incarnation n of the machine's pod. restartPolicy is Never: every restart is the
+// supervisor's decision, recorded in status, not the kubelet's.
+func buildPod(vm *vendingv1alpha1.VendingMachine, image string, mem podMemory) *corev1.Pod {
+	labels := commonLabels(vm)
+	labels[labelIncarnation] = strconv.Itoa(int(mem.incarnation))
+	annotations := map[string]string{annotationTemplateHash: templateHash(vm, image)}
+	if mem.history != "" {
+		annotations[annotationRestartHistory] = mem.history
+	}
+	if mem.lastFailure != "" {
+		annotations[annotationLastFailure] = mem.lastFailure
+	}
+	if v, ok := vm.Annotations[annotationReset]; ok {
+		annotations[annotationReset] = v
+	}
+	args := []string{
+		"--data-dir=/data",
+		"--menu=" + menuArg(vm.Spec.Menu),
+		fmt.Sprintf("--beans=%d", max(vm.Spec.Inventory.Beans, 1)),
+		fmt.Sprintf("--milk=%d", ptr.Deref(vm.Spec.Inventory.Milk, 50)),
+	}
+	if vm.Spec.EnableFaultInjection {
+		args = append(args, "--enable-faults")
+	}
+	resources := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+	if vm.Spec.Resources != nil {
+		resources = *vm.Spec.Resources
+	}
+	httpGet := func(path string) corev1.ProbeHandler {
+		return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString("http")}}
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: podName(vm, mem.incarnation), Namespace: vm.Namespace, Labels: labels, Annotations: annotations,
+			OwnerReferences: []metav1.OwnerReference{ownerRef(vm)},
+		},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			TerminationGracePeriodSeconds: ptr.To[int64](5), // crash-only: SIGTERM ends it at once
+			EnableServiceLinks:            ptr.To(false),
+			AutomountServiceAccountToken:  ptr.To(false),
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot:   ptr.To(true),
+				RunAsUser:      ptr.To[int64](65532),
+				RunAsGroup:     ptr.To[int64](65532),
+				FSGroup:        ptr.To[int64](65532),
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Containers: []corev1.Container{{
+				Name:            "vending",
+				Image:           image,
+				ImagePullPolicy: corev1.PullIfNotPresent,
+				Args:            args,
+				Env: []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{
+					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
+				Ports:     []corev1.ContainerPort{{Name: "http", ContainerPort: contract.Port, Protocol: corev1.ProtocolTCP}},
+				Resources: resources,
+				ReadinessProbe: &corev1.Probe{ProbeHandler: httpGet(contract.PathReadyz),
+					PeriodSeconds: 1, FailureThreshold: 1, TimeoutSeconds: 1},
+				LivenessProbe: &corev1.Probe{ProbeHandler: httpGet(contract.PathHealthz),
+					PeriodSeconds: 10, FailureThreshold: 3, TimeoutSeconds: 2},
+				VolumeMounts:             []corev1.VolumeMount{{Name: "log", MountPath: "/data"}},
+				TerminationMessagePath:   contract.DefaultTerminationMessagePath,
+				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+				SecurityContext: &corev1.SecurityContext{
+					AllowPrivilegeEscalation: ptr.To(false),
+					ReadOnlyRootFilesystem:   ptr.To(true),
+					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+			}},
+			Volumes: []corev1.Volume{{Name: "log", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvcName(vm)}}}},
+		},
+	}
+}

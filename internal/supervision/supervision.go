@@ -1,0 +1,135 @@
+// Package supervision is the supervisor's policy as pure functions: given a machine's
+// strategy, its restart history and a failure, at a given time, what to do and when. No
+// client, no clock reads: the controller passes now in, and the tests pass explicit times.
+//
+// It is the talk's
+//
+//	OneForOneStrategy(maxNrOfRetries = 10, withinTimeRange = 1.minute) {
+//	  case _: OutOfCoffeeBeansFailure => Restart
+//	  case _                          => Escalate
+//	}
+//
+// plus exponential backoff between restarts.
+package supervision
+
+import (
+	"fmt"
+	"hash/fnv"
+	"time"
+)
+
+// Action is what the supervisor does about a failure.
+type Action string
+
+// Actions.
+const (
+	Restart  Action = "Restart"
+	Stop     Action = "Stop"
+	Escalate Action = "Escalate"
+)
+
+// Policy is a machine's supervisor strategy.
+type Policy struct {
+	MaxRestarts   int
+	Window        time.Duration
+	BackoffMin    time.Duration // the first restart's delay
+	BackoffMax    time.Duration
+	JitterPercent int
+	// Decider maps failure reasons to actions; unlisted reasons escalate.
+	Decider map[string]Action
+}
+
+// Failure is one observed failure of a machine's pod.
+type Failure struct {
+	Reason string
+	At     time.Time // when the container terminated
+	// External failures (pod deleted, evicted, lost with its node) were done to the machine,
+	// not by it: the decider is not asked, the pod is recreated, and the restart still counts
+	// against the intensity so that a pod that keeps vanishing escalates too.
+	External bool
+}
+
+// Decision is what the supervisor decided.
+type Decision struct {
+	Action Action
+	// RestartAt is when to restart (Restart only): the failure time plus the backoff.
+	RestartAt time.Time
+	// Reason is a CamelCase reason for conditions and events; Message says why, for humans.
+	Reason  string
+	Message string
+}
+
+// Reasons of decisions.
+const (
+	ReasonDeciderRestart   = "DeciderRestart"
+	ReasonDeciderStop      = "DeciderStop"
+	ReasonDeciderEscalate  = "DeciderEscalate"
+	ReasonUnknownFailure   = "UnknownFailure"
+	ReasonIntensityReached = "RestartIntensityExceeded"
+	ReasonRecreate         = "PodLost"
+)
+
+// RecentRestarts returns the restarts inside the window that ends at now, oldest first.
+func RecentRestarts(restarts []time.Time, window time.Duration, now time.Time) []time.Time {
+	var out []time.Time
+	for _, t := range restarts {
+		if now.Sub(t) < window && !t.After(now) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Decide says what to do about failure f of a machine with the given restart history. seed
+// (the machine's identity) makes the jitter deterministic: the same inputs always give the
+// same decision, and machines that fail together restart apart.
+func Decide(p Policy, restarts []time.Time, f Failure, seed string, now time.Time) Decision {
+	action, reason := Restart, ReasonRecreate
+	msg := fmt.Sprintf("pod lost (%s): recreating it", f.Reason)
+	if !f.External {
+		var ok bool
+		if action, ok = p.Decider[f.Reason]; !ok {
+			return Decision{Action: Escalate, Reason: ReasonUnknownFailure,
+				Message: fmt.Sprintf("failure %s is not in the decider: escalating", f.Reason)}
+		}
+		switch action {
+		case Stop:
+			return Decision{Action: Stop, Reason: ReasonDeciderStop,
+				Message: fmt.Sprintf("the decider stops the machine on %s", f.Reason)}
+		case Escalate:
+			return Decision{Action: Escalate, Reason: ReasonDeciderEscalate,
+				Message: fmt.Sprintf("the decider escalates %s", f.Reason)}
+		}
+		reason, msg = ReasonDeciderRestart, fmt.Sprintf("the decider restarts on %s", f.Reason)
+	}
+	recent := RecentRestarts(restarts, p.Window, now)
+	if len(recent) >= p.MaxRestarts {
+		return Decision{Action: Escalate, Reason: ReasonIntensityReached, Message: fmt.Sprintf(
+			"%s after %d restarts within %v (maxRestarts %d): escalating", f.Reason, len(recent), p.Window, p.MaxRestarts)}
+	}
+	delay := Backoff(p, len(recent), seed)
+	if f.External {
+		delay = 0 // nothing failed inside: bring it back at once
+	}
+	return Decision{Action: Restart, RestartAt: f.At.Add(delay), Reason: reason,
+		Message: fmt.Sprintf("%s; restart %d of %d within %v, after %v", msg, len(recent)+1, p.MaxRestarts, p.Window, delay)}
+}
+
+// Backoff is the delay before a restart when n restarts already happened inside the window:
+// BackoffMin·2ⁿ, at most BackoffMax, plus up to JitterPercent of it derived from seed and n.
+func Backoff(p Policy, n int, seed string) time.Duration {
+	d := p.BackoffMin
+	for i := 0; i < n && d < p.BackoffMax; i++ {
+		d *= 2
+	}
+	if d > p.BackoffMax {
+		d = p.BackoffMax
+	}
+	if p.JitterPercent > 0 && d > 0 {
+		h := fnv.New64a()
+		_, _ = fmt.Fprintf(h, "%s/%d", seed, n)
+		frac := float64(h.Sum64()%10000) / 10000 // [0, 1)
+		d += time.Duration(float64(d) * float64(p.JitterPercent) / 100 * frac)
+	}
+	return d
+}
