@@ -341,7 +341,3 @@ type VendingMachineList struct {
 	metav1.ListMeta `json:"metadata,omitzero"`
 	Items           []VendingMachine `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&VendingMachine{}, &VendingMachineList{})
-}

@@ -147,10 +147,10 @@ func escalationTarget(vm *vendingv1alpha1.VendingMachine) string {
 // reconcileNormal runs the phases in order; each returns when it has acted or has to wait.
 func (r *VendingMachineReconciler) reconcileNormal(ctx context.Context, vm *vendingv1alpha1.VendingMachine,
 	o *observation, now time.Time) (ctrl.Result, error) {
-	if err := r.ensure(ctx, vm, buildPVC(vm)); err != nil {
+	if err := r.ensure(ctx, buildPVC(vm)); err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.ensure(ctx, vm, buildService(vm)); err != nil {
+	if err := r.ensure(ctx, buildService(vm)); err != nil {
 		return ctrl.Result{}, err
 	}
 	if err := r.deleteOlderPods(ctx, vm, o.current); err != nil {
@@ -161,7 +161,7 @@ func (r *VendingMachineReconciler) reconcileNormal(ctx context.Context, vm *vend
 
 // ensure creates a child that does not exist yet. Children are never updated in place: the
 // claim is immutable, the service constant.
-func (r *VendingMachineReconciler) ensure(ctx context.Context, vm *vendingv1alpha1.VendingMachine, obj client.Object) error {
+func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object) error {
 	if err := r.Get(ctx, client.ObjectKeyFromObject(obj), obj.DeepCopyObject().(client.Object)); err == nil || !apierrors.IsNotFound(err) {
 		return err
 	}
@@ -281,7 +281,8 @@ func (r *VendingMachineReconciler) recordDecision(ctx context.Context, pod *core
 
 // announceDecision emits the events and metrics of a new decision: once per failure, because
 // the decision is recorded on the pod before.
-func (r *VendingMachineReconciler) announceDecision(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, d recordedDecision, now time.Time) {
+func (r *VendingMachineReconciler) announceDecision(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod,
+	d recordedDecision, now time.Time) {
 	f := d.Failure
 	r.Recorder.Eventf(vm, pod, corev1.EventTypeWarning, "Failed", "Observe",
 		"pod %s failed: %s (exit %d): %s", pod.Name, f.Reason, f.ExitCode, truncate(f.Message, 300))

@@ -57,16 +57,10 @@ func computeStatus(vm *vendingv1alpha1.VendingMachine, o observation, now time.T
 		Conditions:         vm.Status.Conditions,
 		Endpoint:           endpoint(vm),
 	}
-	gen := vm.Generation
-	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
-	}
-	pod := o.current
-	if pod != nil {
+	if pod := o.current; pod != nil {
 		st.PodName = pod.Name
 		st.Restarts = incarnation(pod)
-		hist := supervision.RecentRestarts(restartHistory(pod), policyOf(vm).Window, now)
-		for _, t := range hist {
+		for _, t := range supervision.RecentRestarts(restartHistory(pod), policyOf(vm).Window, now) {
 			st.RestartTimes = append(st.RestartTimes, metav1.NewTime(t))
 		}
 		st.LastFailure = lastFailureOf(pod)
@@ -78,78 +72,102 @@ func computeStatus(vm *vendingv1alpha1.VendingMachine, o observation, now time.T
 	if o.state != nil {
 		st.TotalCoins, st.Sequence = ptrInt64(o.state.TotalCoins), ptrInt64(int64(o.state.Sequence))
 	}
+	ready := o.current != nil && o.current.DeletionTimestamp == nil && !podTerminal(o.current) && podReady(o.current)
+	for _, c := range []metav1.Condition{
+		readyCondition(o.current, ready),
+		escalatedCondition(vm, o, len(st.RestartTimes)),
+		progressingCondition(vm, o, ready, st.NextRestartAt),
+		degradedCondition(o, ready),
+	} {
+		c.ObservedGeneration = vm.Generation
+		meta.SetStatusCondition(&st.Conditions, c)
+	}
+	st.Phase = phaseOf(vm, o, ready)
+	return st
+}
 
-	ready := pod != nil && pod.DeletionTimestamp == nil && !podTerminal(pod) && podReady(pod)
+func cond(t string, s metav1.ConditionStatus, reason, msg string) metav1.Condition {
+	return metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg}
+}
+
+func readyCondition(pod *corev1.Pod, ready bool) metav1.Condition {
+	const t = vendingv1alpha1.ConditionReady
 	switch {
 	case ready:
-		set(vendingv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPodReady,
+		return cond(t, metav1.ConditionTrue, ReasonPodReady,
 			fmt.Sprintf("pod %s is ready: its event log is replayed and it serves customers", pod.Name))
 	case pod == nil:
-		set(vendingv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonNoPod, "the machine has no pod")
+		return cond(t, metav1.ConditionFalse, ReasonNoPod, "the machine has no pod")
 	case podTerminal(pod):
-		set(vendingv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonPodFailed, fmt.Sprintf("pod %s failed", pod.Name))
-	default:
-		set(vendingv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonPodNotReady,
-			fmt.Sprintf("pod %s is not ready yet (replaying its event log, or starting)", pod.Name))
+		return cond(t, metav1.ConditionFalse, ReasonPodFailed, fmt.Sprintf("pod %s failed", pod.Name))
 	}
+	return cond(t, metav1.ConditionFalse, ReasonPodNotReady,
+		fmt.Sprintf("pod %s is not ready yet (replaying its event log, or starting)", pod.Name))
+}
 
-	escalated := o.decision != nil && o.decision.Action == supervision.Escalate
-	stopped := o.decision != nil && o.decision.Action == supervision.Stop
-	if escalated {
-		set(vendingv1alpha1.ConditionEscalated, metav1.ConditionTrue, o.decision.Reason,
+func escalated(o observation) bool {
+	return o.decision != nil && o.decision.Action == supervision.Escalate
+}
+func stopped(o observation) bool { return o.decision != nil && o.decision.Action == supervision.Stop }
+
+func escalatedCondition(vm *vendingv1alpha1.VendingMachine, o observation, recent int) metav1.Condition {
+	const t = vendingv1alpha1.ConditionEscalated
+	if escalated(o) {
+		return cond(t, metav1.ConditionTrue, o.decision.Reason,
 			fmt.Sprintf("%s. Escalated to %s; no more restarts until the machine is reset (annotation %s).",
 				o.decision.Message, o.escalatedTo, annotationReset))
-	} else {
-		set(vendingv1alpha1.ConditionEscalated, metav1.ConditionFalse, ReasonWithinBudget,
-			fmt.Sprintf("%d of %d restarts used within the window", len(st.RestartTimes), policyOf(vm).MaxRestarts))
 	}
+	return cond(t, metav1.ConditionFalse, ReasonWithinBudget,
+		fmt.Sprintf("%d of %d restarts used within the window", recent, policyOf(vm).MaxRestarts))
+}
 
+func progressingCondition(vm *vendingv1alpha1.VendingMachine, o observation, ready bool, next *metav1.Time) metav1.Condition {
+	const t = vendingv1alpha1.ConditionProgressing
 	switch {
 	case vm.Spec.Paused:
-		set(vendingv1alpha1.ConditionProgressing, metav1.ConditionFalse, ReasonPaused, "spec.paused: the supervisor does not act")
-	case escalated:
-		set(vendingv1alpha1.ConditionProgressing, metav1.ConditionFalse, ReasonEscalated, "escalated: the supervisor waits for a reset")
-	case stopped:
-		set(vendingv1alpha1.ConditionProgressing, metav1.ConditionFalse, ReasonStopped, o.decision.Message)
-	case o.progress == ReasonBackingOff && st.NextRestartAt != nil:
-		set(vendingv1alpha1.ConditionProgressing, metav1.ConditionTrue, ReasonBackingOff,
-			fmt.Sprintf("restarting at %s (%s)", st.NextRestartAt.UTC().Format(time.RFC3339), o.decision.Message))
+		return cond(t, metav1.ConditionFalse, ReasonPaused, "spec.paused: the supervisor does not act")
+	case escalated(o):
+		return cond(t, metav1.ConditionFalse, ReasonEscalated, "escalated: the supervisor waits for a reset")
+	case stopped(o):
+		return cond(t, metav1.ConditionFalse, ReasonStopped, o.decision.Message)
+	case o.progress == ReasonBackingOff && next != nil:
+		return cond(t, metav1.ConditionTrue, ReasonBackingOff,
+			fmt.Sprintf("restarting at %s (%s)", next.UTC().Format(time.RFC3339), o.decision.Message))
 	case o.progress != "":
-		set(vendingv1alpha1.ConditionProgressing, metav1.ConditionTrue, o.progress, "the supervisor is bringing a pod up")
+		return cond(t, metav1.ConditionTrue, o.progress, "the supervisor is bringing a pod up")
 	case !ready:
-		set(vendingv1alpha1.ConditionProgressing, metav1.ConditionTrue, ReasonStartingPod, "waiting for the pod to become ready")
-	default:
-		set(vendingv1alpha1.ConditionProgressing, metav1.ConditionFalse, ReasonStable, "the machine's pod is running")
+		return cond(t, metav1.ConditionTrue, ReasonStartingPod, "waiting for the pod to become ready")
 	}
+	return cond(t, metav1.ConditionFalse, ReasonStable, "the machine's pod is running")
+}
 
-	degraded := ready && o.state != nil && o.state.Degraded
+func degradedCondition(o observation, ready bool) metav1.Condition {
+	const t = vendingv1alpha1.ConditionDegraded
 	switch {
-	case degraded:
-		set(vendingv1alpha1.ConditionDegraded, metav1.ConditionTrue, ReasonOutOfMilk,
-			"out of milk: serving beverages without milk only")
+	case ready && o.state != nil && o.state.Degraded:
+		return cond(t, metav1.ConditionTrue, ReasonOutOfMilk, "out of milk: serving beverages without milk only")
 	case ready && o.state != nil:
-		set(vendingv1alpha1.ConditionDegraded, metav1.ConditionFalse, ReasonFullMenu, "serving the whole menu")
-	default:
-		set(vendingv1alpha1.ConditionDegraded, metav1.ConditionUnknown, ReasonStateUnknown, "the machine's state was not read")
+		return cond(t, metav1.ConditionFalse, ReasonFullMenu, "serving the whole menu")
 	}
+	return cond(t, metav1.ConditionUnknown, ReasonStateUnknown, "the machine's state was not read")
+}
 
+func phaseOf(vm *vendingv1alpha1.VendingMachine, o observation, ready bool) vendingv1alpha1.MachinePhase {
 	switch {
 	case vm.Spec.Paused:
-		st.Phase = vendingv1alpha1.PhasePaused
-	case escalated:
-		st.Phase = vendingv1alpha1.PhaseEscalated
-	case stopped:
-		st.Phase = vendingv1alpha1.PhaseStopped
-	case pod != nil && podTerminal(pod), o.progress == ReasonRestarting, o.progress == ReasonRecreating:
-		st.Phase = vendingv1alpha1.PhaseRestarting
+		return vendingv1alpha1.PhasePaused
+	case escalated(o):
+		return vendingv1alpha1.PhaseEscalated
+	case stopped(o):
+		return vendingv1alpha1.PhaseStopped
+	case o.current != nil && podTerminal(o.current), o.progress == ReasonRestarting, o.progress == ReasonRecreating:
+		return vendingv1alpha1.PhaseRestarting
 	case !ready:
-		st.Phase = vendingv1alpha1.PhasePending
-	case degraded:
-		st.Phase = vendingv1alpha1.PhaseDegraded
-	default:
-		st.Phase = vendingv1alpha1.PhaseRunning
+		return vendingv1alpha1.PhasePending
+	case o.state != nil && o.state.Degraded:
+		return vendingv1alpha1.PhaseDegraded
 	}
-	return st
+	return vendingv1alpha1.PhaseRunning
 }
 
 func ptrInt64(v int64) *int64 { return &v }

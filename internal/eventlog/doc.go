@@ -52,7 +52,9 @@
 // then wakes every appender in it; records that arrive meanwhile form the next batch. A lone
 // writer pays one fsync per record and no hand-off to another goroutine; many writers share
 // each fsync. Submit lets a single writer pipeline: it applies its record at once and
-// acknowledges it when WaitDurable returns (records become durable in sequence order). A failed write or fsync poisons the log: every later Append fails, and the caller is
+// acknowledges it when WaitDurable returns (records become durable in sequence order).
+//
+// A failed write or fsync poisons the log: every later Append fails, and the caller is
 // expected to exit (after a failed fsync the page cache can no longer be trusted, so retrying
 // and pretending would be a lie).
 package eventlog

@@ -84,11 +84,10 @@ func RecentRestarts(restarts []time.Time, window time.Duration, now time.Time) [
 // (the machine's identity) makes the jitter deterministic: the same inputs always give the
 // same decision, and machines that fail together restart apart.
 func Decide(p Policy, restarts []time.Time, f Failure, seed string, now time.Time) Decision {
-	action, reason := Restart, ReasonRecreate
-	msg := fmt.Sprintf("pod lost (%s): recreating it", f.Reason)
+	reason, msg := ReasonRecreate, fmt.Sprintf("pod lost (%s): recreating it", f.Reason)
 	if !f.External {
-		var ok bool
-		if action, ok = p.Decider[f.Reason]; !ok {
+		action, ok := p.Decider[f.Reason]
+		if !ok {
 			return Decision{Action: Escalate, Reason: ReasonUnknownFailure,
 				Message: fmt.Sprintf("failure %s is not in the decider: escalating", f.Reason)}
 		}

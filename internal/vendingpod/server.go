@@ -67,8 +67,8 @@ var rejectionStatus = map[string]int{
 
 // methodOf names the method of each fixed path, for 405 answers.
 var methodOf = map[string]string{
-	"/v1/coins": "POST", "/v1/orders": "POST", "/v1/state": "GET", "/v1/events": "GET",
-	"/v1/refill": "POST", "/v1/faults/out-of-beans": "POST",
+	"/v1/coins": http.MethodPost, "/v1/orders": http.MethodPost, "/v1/state": http.MethodGet,
+	"/v1/events": http.MethodGet, "/v1/refill": http.MethodPost, "/v1/faults/out-of-beans": http.MethodPost,
 }
 
 func (s *server) routes(metrics http.Handler) http.Handler {
@@ -197,7 +197,8 @@ func (s *server) send(w http.ResponseWriter, r *http.Request, c command) (reply,
 		case errors.As(rep.err, &rej):
 			writeError(w, rejectionStatus[rej.Reason], rej.Reason, "%s", rej.Message)
 		case errors.Is(rep.err, errDeadline):
-			writeError(w, http.StatusServiceUnavailable, "DeadlineExceeded", "the request's deadline passed before the machine got to it; nothing was done")
+			writeError(w, http.StatusServiceUnavailable, "DeadlineExceeded",
+				"the request's deadline passed before the machine got to it; nothing was done")
 		default:
 			writeError(w, http.StatusInternalServerError, "InternalError", "%v", rep.err)
 		}
@@ -359,7 +360,7 @@ func (s *server) getEvents(w http.ResponseWriter, r *http.Request) {
 
 // menuString renders a menu for logs.
 func menuString(menu map[string]vending.Item) string {
-	var parts []string
+	parts := make([]string, 0, len(menu))
 	for name, it := range menu {
 		p := fmt.Sprintf("%s=%d", name, it.Price)
 		if it.UsesMilk {

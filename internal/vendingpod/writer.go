@@ -231,8 +231,9 @@ func (w *writer) order(c command) {
 			w.storageFailure(werr)
 		}
 		w.fail(Failure{
-			Reason:       contract.ReasonOutOfCoffeeBeans,
-			Message:      fmt.Sprintf("out of coffee beans brewing %s for order %s; the order is persisted and completes after the restart", e.Beverage, e.OrderID),
+			Reason: contract.ReasonOutOfCoffeeBeans,
+			Message: fmt.Sprintf("out of coffee beans brewing %s for order %s; "+
+				"the order is persisted and completes after the restart", e.Beverage, e.OrderID),
 			ExitCode:     contract.ExitOutOfCoffeeBeans,
 			PendingOrder: e.OrderID,
 			Sequence:     w.m.State().Seq,
