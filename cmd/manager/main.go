@@ -40,6 +40,8 @@ func main() {
 		leaderElect   bool
 		vendingImage  string
 		concurrency   int
+		apiQPS        float64
+		apiBurst      int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
 		"Address the metrics endpoint binds to (:8443 for HTTPS, :8080 for HTTP, 0 to disable).")
@@ -51,6 +53,10 @@ func main() {
 	flag.StringVar(&vendingImage, "vending-image", controller.DefaultVendingImage,
 		"Image of the vending pod, for machines whose spec.image is empty.")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "How many VendingMachines are reconciled at once.")
+	// client-go's defaults (5 QPS, or 20 with controller-runtime's config) throttle a thousand
+	// machines into minutes; the API server's priority and fairness protects itself anyway.
+	flag.Float64Var(&apiQPS, "kube-api-qps", 100, "Requests per second the manager sends to the API server.")
+	flag.IntVar(&apiBurst, "kube-api-burst", 200, "Burst of requests the manager may send to the API server.")
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -69,17 +75,20 @@ func main() {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	restConfig := ctrl.GetConfigOrDie()
+	restConfig.QPS, restConfig.Burst = float32(apiQPS), apiBurst
+	owned := cache.ByObject{Label: labels.SelectorFromSet(nil).Add(controller.MachineLabelRequirement())}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
 		HealthProbeBindAddress:        probeAddr,
 		LeaderElection:                leaderElect,
 		LeaderElectionID:              "vending-operator.vending.resilience.dev",
 		LeaderElectionReleaseOnCancel: true,
-		// Cache only the pods this operator owns: a cluster's other pods would cost memory for
-		// nothing.
+		// Cache only the pods, claims and services this operator made: a cluster's others would
+		// cost memory for nothing.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: {Label: labels.SelectorFromSet(nil).Add(controller.MachineLabelRequirement())},
+			&corev1.Pod{}: owned, &corev1.PersistentVolumeClaim{}: owned, &corev1.Service{}: owned,
 		}},
 	})
 	if err != nil {

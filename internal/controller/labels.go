@@ -28,7 +28,7 @@ const (
 	annotationReset = "vending.resilience.dev/reset"
 )
 
-// MachineLabelRequirement selects the pods of VendingMachines (for the manager's cache).
+// MachineLabelRequirement selects the children of VendingMachines (for the manager's cache).
 func MachineLabelRequirement() labels.Requirement {
 	r, err := labels.NewRequirement(labelMachine, selection.Exists, nil)
 	if err != nil {

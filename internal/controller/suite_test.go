@@ -18,6 +18,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -34,8 +35,13 @@ import (
 var (
 	testEnv   *envtest.Environment
 	cfg       *rest.Config
+	podAPI    StateReader
 	k8sClient client.Client // uncached: tests assert on the API server, not on a cache
 	scheme    = runtime.NewScheme()
+
+	// restartManager stops the operator and replaces it with a new one that has no memory of
+	// the old: what an operator restart (or a leader change) is.
+	restartManager func() error
 )
 
 func TestMain(m *testing.M) {
@@ -73,41 +79,61 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "envtest: stopping: %v\n", err)
 		}
 	}()
+	podAPI = startFakePodAPI()
 	if k8sClient, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		fmt.Fprintf(os.Stderr, "envtest: client: %v\n", err)
 		return 1
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	stop, err := startManager()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "envtest: %v\n", err)
+		return 1
+	}
+	defer func() { stop() }()
+	restartManager = func() error {
+		stop()
+		stop, err = startManager()
+		return err
+	}
+	// envtest is a real API server: give Eventually the time a real one needs.
+	gomega.SetDefaultEventuallyTimeout(20 * time.Second)
+	gomega.SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
+	gomega.SetDefaultConsistentlyPollingInterval(100 * time.Millisecond)
+	return m.Run()
+}
+
+// startManager starts the operator in this process, as cmd/manager wires it, and returns a
+// function that stops it and waits until it has stopped.
+func startManager() (stop func(), err error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
 	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "envtest: manager: %v\n", err)
-		return 1
+		return nil, fmt.Errorf("manager: %w", err)
 	}
 	if err := (&VendingMachineReconciler{
 		Client:       mgr.GetClient(),
 		Scheme:       mgr.GetScheme(),
 		Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
 		VendingImage: DefaultVendingImage,
-		StateReader:  startFakePodAPI(),
-	}).SetupWithManager(mgr, Options{MaxConcurrentReconciles: 4}); err != nil {
-		fmt.Fprintf(os.Stderr, "envtest: controller: %v\n", err)
-		return 1
+		StateReader:  podAPI,
+	}).SetupWithManager(mgr, Options{
+		MaxConcurrentReconciles: 4,
+		SkipNameValidation:      ptr.To(true), // a restarted operator registers the same name again
+	}); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		if err := mgr.Start(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "envtest: manager stopped: %v\n", err)
 		}
 	}()
-	// envtest is a real API server: give Eventually the time a real one needs.
-	gomega.SetDefaultEventuallyTimeout(20 * time.Second)
-	gomega.SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
-	gomega.SetDefaultConsistentlyPollingInterval(100 * time.Millisecond)
-	return m.Run()
+	return func() { cancel(); <-done }, nil
 }
 
 // newNamespace gives each test a namespace of its own, so tests never see each other's objects.

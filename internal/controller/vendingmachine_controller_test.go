@@ -234,32 +234,52 @@ func TestDeletePolicyOwnsTheClaim(t *testing.T) {
 }
 
 // An operator restart mid-backoff resumes: the decision and its restart time live on the failed
-// pod, not in the operator's memory, so every later pass (a new operator's first one among
-// them) keeps the same restart time and the same window.
-func TestBackoffSurvivesReconciles(t *testing.T) {
+// pod, not in the operator's memory, so every later pass, and a new operator's first one, keeps
+// the same restart time and the same window.
+func TestOperatorRestartMidBackoffResumes(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	vm := createMachine(t, ns, "coffee", fastBackoff(4*time.Second))
-	pod := waitPod(g, vm, 0)
-	kubeletFail(g, pod, contract.ExitOutOfCoffeeBeans, outOfBeansMessage("o-1"))
-	var first *metav1.Time
+	vm := createMachine(t, ns, "coffee", fastBackoff(0))
+	// One restart already inside the window, then a failure that backs off for a while.
+	kubeletFail(g, waitPod(g, vm, 0), contract.ExitOutOfCoffeeBeans, outOfBeansMessage("o-1"))
+	kubeletRun(g, waitPod(g, vm, 1))
+	latest := getMachine(g, vm)
+	patch := client.MergeFrom(latest.DeepCopy())
+	latest.Spec.Supervision.Backoff.Initial = &metav1.Duration{Duration: 6 * time.Second}
+	latest.Spec.Supervision.Backoff.Max = &metav1.Duration{Duration: 6 * time.Second}
+	g.Expect(k8sClient.Patch(ctx, latest, patch)).To(Succeed())
+	kubeletFail(g, waitPod(g, vm, 1), contract.ExitOutOfCoffeeBeans, outOfBeansMessage("o-2"))
+	var before *vendingv1alpha1.VendingMachine
 	g.Eventually(func(g Gomega) {
-		got := getMachine(g, vm)
-		g.Expect(got.Status.NextRestartAt).NotTo(BeNil())
-		g.Expect(condition(got, vendingv1alpha1.ConditionProgressing).Reason).To(Equal(ReasonBackingOff))
-		first = got.Status.NextRestartAt
+		before = getMachine(g, vm)
+		g.Expect(before.Status.NextRestartAt).NotTo(BeNil())
+		g.Expect(condition(before, vendingv1alpha1.ConditionProgressing).Reason).To(Equal(ReasonBackingOff))
 	}).Should(Succeed())
-	for i := 0; i < 3; i++ { // poke the machine: each poke is a full reconcile from scratch
+	g.Expect(before.Status.RestartTimes).To(HaveLen(1))
+
+	for i := 0; i < 2; i++ { // poke the machine: each poke is a full reconcile from scratch
 		got := getMachine(g, vm)
 		patch := client.MergeFrom(got.DeepCopy())
 		got.Labels = map[string]string{"poke": strings.Repeat("x", i+1)}
 		g.Expect(k8sClient.Patch(ctx, got, patch)).To(Succeed())
 		time.Sleep(200 * time.Millisecond)
-		g.Expect(getMachine(g, vm).Status.NextRestartAt.Time).To(BeTemporally("==", first.Time))
+		g.Expect(getMachine(g, vm).Status.NextRestartAt.Time).To(BeTemporally("==", before.Status.NextRestartAt.Time))
 	}
-	next := waitPod(g, vm, 1)
-	g.Expect(next.CreationTimestamp.Time).To(BeTemporally(">=", first.Time.Add(-time.Second)))
+
+	g.Expect(restartManager()).To(Succeed())
+	g.Consistently(func(g Gomega) {
+		after := getMachine(g, vm)
+		g.Expect(after.Status.NextRestartAt).NotTo(BeNil(), "the new operator forgot the backoff")
+		g.Expect(after.Status.NextRestartAt.Time).To(BeTemporally("==", before.Status.NextRestartAt.Time))
+		g.Expect(after.Status.RestartTimes).To(Equal(before.Status.RestartTimes), "the window was reset")
+	}, 2*time.Second).Should(Succeed())
+
+	next := waitPod(g, vm, 2)
+	g.Expect(next.CreationTimestamp.Time).To(BeTemporally(">=", before.Status.NextRestartAt.Add(-time.Second)))
+	g.Eventually(func(g Gomega) {
+		g.Expect(getMachine(g, vm).Status.Restarts).To(BeEquivalentTo(2))
+	}).Should(Succeed())
 }
 
 // Bad specs are refused by the API server with a message that names the field.

@@ -1,0 +1,183 @@
+//go:build e2e
+
+// Package e2e plays the talk's acceptance tests against whatever cluster KUBECONFIG names, with
+// the operator deployed (make deploy) and the vending pod image available to the nodes. Unlike
+// envtest, the pods here really run, really crash and really recover from their logs.
+//
+//	make test-e2e
+//
+// Customers reach a machine as a client outside the cluster would: through the API server's
+// service proxy, so the suite needs no route to pod IPs and runs unchanged on kind.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/contract"
+)
+
+var (
+	k8s       client.Client
+	clientset *kubernetes.Clientset
+)
+
+func TestMain(m *testing.M) {
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(vendingv1alpha1.AddToScheme(scheme))
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: no cluster: set KUBECONFIG (or run make local-up / a kind cluster):", err)
+		os.Exit(1)
+	}
+	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	clientset = kubernetes.NewForConfigOrDie(cfg)
+	if err := k8s.List(context.Background(), &vendingv1alpha1.VendingMachineList{}, client.Limit(1)); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: the VendingMachine API is not served here: run make install deploy:", err)
+		os.Exit(1)
+	}
+	SetDefaultEventuallyTimeout(2 * time.Minute)
+	SetDefaultEventuallyPollingInterval(250 * time.Millisecond)
+	os.Exit(m.Run())
+}
+
+// The talk's three tests, in its order, on one machine: the happy path, the user error, and the
+// system failure that the supervisor heals while the customer waits for the Latte.
+func TestTheTalksThreeTests(t *testing.T) {
+	g := NewWithT(t)
+	vm := createMachine(t)
+	waitReady(g, vm)
+	m := machineClient{ns: vm.Namespace, service: vm.Name}
+
+	// Happy path: 2 coins, an Espresso.
+	g.Expect(m.post("v1/coins", `{"count":2}`, "")).To(HaveStatus(200))
+	g.Expect(m.post("v1/orders", `{"beverage":"Espresso"}`, "")).To(And(HaveStatus(200), HaveBody(ContainSubstring(`"Espresso"`))))
+
+	// User error: 1 coin, a Latte: a validation error, not a failure; nothing changes.
+	g.Expect(m.post("v1/coins", `{"count":1}`, "")).To(HaveStatus(200))
+	g.Expect(m.post("v1/orders", `{"beverage":"Latte"}`, "")).To(And(HaveStatus(402),
+		HaveBody(ContainSubstring("Please insert [1] coins"))))
+
+	// System failure: 1 more coin, the beans run out, the Latte order crashes the machine. The
+	// supervisor restarts it, the log is replayed, and the customer's retry of the same order
+	// gets the Latte.
+	g.Expect(m.post("v1/coins", `{"count":1}`, "")).To(HaveStatus(200))
+	g.Expect(m.post("v1/faults/out-of-beans", "", "")).To(HaveStatus(202))
+	asked := time.Now()
+	first := m.post("v1/orders", `{"beverage":"Latte"}`, "latte-1")
+	g.Expect(first.code).NotTo(Equal(200), "the brew must fail: %s", first.body)
+	g.Eventually(func() response { return m.post("v1/orders", `{"beverage":"Latte"}`, "latte-1") }).
+		Should(And(HaveStatus(200), HaveBody(ContainSubstring(`"Latte"`))))
+	t.Logf("the Latte arrived %v after it was ordered", time.Since(asked).Round(time.Millisecond))
+
+	got := &vendingv1alpha1.VendingMachine{}
+	g.Eventually(func(g Gomega) {
+		g.Expect(k8s.Get(context.Background(), client.ObjectKeyFromObject(vm), got)).To(Succeed())
+		g.Expect(got.Status.Restarts).To(BeEquivalentTo(1))
+		g.Expect(got.Status.LastFailure).NotTo(BeNil())
+		g.Expect(got.Status.LastFailure.Reason).To(Equal(contract.ReasonOutOfCoffeeBeans))
+	}).Should(Succeed())
+
+	// Nothing acknowledged was lost: 2+1+1 coins in, two beverages paid for at 2 each.
+	var st contract.State
+	g.Expect(json.Unmarshal([]byte(m.get("v1/state").body), &st)).To(Succeed())
+	g.Expect(st.TotalCoins).To(BeEquivalentTo(4))
+	g.Expect(st.Inserted).To(BeEquivalentTo(0))
+}
+
+func createMachine(t *testing.T) *vendingv1alpha1.VendingMachine {
+	t.Helper()
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-"}}
+	if err := k8s.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() || os.Getenv("E2E_KEEP") == "" {
+			_ = k8s.Delete(context.Background(), ns)
+		}
+	})
+	vm := &vendingv1alpha1.VendingMachine{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "coffee"},
+		Spec:       vendingv1alpha1.VendingMachineSpec{EnableFaultInjection: true, Image: os.Getenv("E2E_VENDING_IMAGE")},
+	}
+	vm.Spec.Storage.WhenDeleted = vendingv1alpha1.DeletePVC
+	if err := k8s.Create(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	return vm
+}
+
+func waitReady(g Gomega, vm *vendingv1alpha1.VendingMachine) {
+	g.Eventually(func(g Gomega) {
+		got := &vendingv1alpha1.VendingMachine{}
+		g.Expect(k8s.Get(context.Background(), client.ObjectKeyFromObject(vm), got)).To(Succeed())
+		g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning), "conditions: %+v", got.Status.Conditions)
+	}).Should(Succeed())
+}
+
+// machineClient talks to a machine's Service through the API server's service proxy.
+type machineClient struct{ ns, service string }
+
+type response struct {
+	code int
+	body string
+}
+
+func (m machineClient) post(path, body, key string) response {
+	req := clientset.CoreV1().RESTClient().Post().Namespace(m.ns).Resource("services").
+		Name(m.service+":http").SubResource("proxy").Suffix(path).
+		SetHeader("Content-Type", "application/json").Body([]byte(body)).Timeout(10 * time.Second)
+	if key != "" {
+		req = req.SetHeader("Idempotency-Key", key)
+	}
+	return do(req.Do(context.Background()))
+}
+
+func (m machineClient) get(path string) response {
+	return do(clientset.CoreV1().RESTClient().Get().Namespace(m.ns).Resource("services").
+		Name(m.service + ":http").SubResource("proxy").Suffix(path).Timeout(10 * time.Second).Do(context.Background()))
+}
+
+// do returns the pod's answer, or, when the proxy could not reach the pod (it is restarting),
+// the proxy's own status and error.
+func do(res rest.Result) response {
+	var code int
+	res.StatusCode(&code)
+	body, err := res.Raw()
+	if len(body) == 0 && err != nil {
+		body = []byte(err.Error())
+	}
+	return response{code: code, body: string(body)}
+}
+
+// HaveStatus matches a response's HTTP status.
+func HaveStatus(code int) OmegaMatcher {
+	return WithTransform(func(r response) int { return r.code }, Equal(code))
+}
+
+// HaveBody matches a response's body.
+func HaveBody(m OmegaMatcher) OmegaMatcher {
+	return WithTransform(func(r response) string { return r.body }, m)
+}
