@@ -71,6 +71,15 @@ test: manifests generate fmt vet controlplane ## Unit tests and the envtest suit
 test-e2e: ## End-to-end suite against the cluster KUBECONFIG names.
 	go test -tags e2e -timeout 30m -v ./test/e2e/
 
+.PHONY: bench
+bench: ## Micro-benchmarks: the event log (group commit) and the vending pod (replay, start-to-ready).
+	go test ./internal/eventlog/ -run XXX -bench . -benchtime 3s
+	go test ./internal/vendingpod/ -run XXX -bench 'Replay|StartToReady' -benchtime 5x
+
+.PHONY: bench-scale
+bench-scale: build controlplane ## The operator at scale: 1,000 machines, then 100 failures at once (envtest).
+	go run ./hack/scalebench -machines 1000 -failures 100 -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
+
 ##@ Build
 
 .PHONY: build

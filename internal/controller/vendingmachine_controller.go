@@ -12,15 +12,18 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
@@ -82,8 +85,10 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	vm.Status = computeStatus(vm, o, now)
 	r.announceRecovery(before, vm)
-	if err := r.Status().Patch(ctx, vm, client.MergeFrom(before)); err != nil && !apierrors.IsNotFound(err) {
-		retErr = err
+	if !equality.Semantic.DeepEqual(before.Status, vm.Status) {
+		if err := r.Status().Patch(ctx, vm, client.MergeFrom(before)); err != nil && !apierrors.IsNotFound(err) {
+			retErr = err
+		}
 	}
 	if o.state != nil && result.RequeueAfter == 0 {
 		result.RequeueAfter = stateRefresh
@@ -351,7 +356,10 @@ func truncate(s string, n int) string {
 // services they own.
 func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&vendingv1alpha1.VendingMachine{}).
+		// Our own status writes do not wake us: only spec changes and annotations (the reset
+		// a fleet or a human asks for) do, besides the children.
+		For(&vendingv1alpha1.VendingMachine{}, builder.WithPredicates(
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&corev1.Pod{}).
 		Owns(&corev1.Service{}).
 		WithOptions(opts).

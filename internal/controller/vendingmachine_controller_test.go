@@ -261,7 +261,7 @@ func TestOperatorRestartMidBackoffResumes(t *testing.T) {
 	for i := 0; i < 2; i++ { // poke the machine: each poke is a full reconcile from scratch
 		got := getMachine(g, vm)
 		patch := client.MergeFrom(got.DeepCopy())
-		got.Labels = map[string]string{"poke": strings.Repeat("x", i+1)}
+		got.Annotations = map[string]string{"poke": strings.Repeat("x", i+1)}
 		g.Expect(k8sClient.Patch(ctx, got, patch)).To(Succeed())
 		time.Sleep(200 * time.Millisecond)
 		g.Expect(getMachine(g, vm).Status.NextRestartAt.Time).To(BeTemporally("==", before.Status.NextRestartAt.Time))
