@@ -17,6 +17,10 @@ const (
 	KindBeverageDispensed Kind = 3
 	KindBeansEmptied      Kind = 4
 	KindRefilled          Kind = 5
+	// KindOrderRejected records a keyed selection that was refused (not enough coins, out of
+	// milk, not on the menu), so that a retry with the same key gets the same refusal instead
+	// of a beverage paid for with coins inserted since. It changes nothing else.
+	KindOrderRejected Kind = 6
 )
 
 func (k Kind) String() string {
@@ -31,6 +35,8 @@ func (k Kind) String() string {
 		return "BeansEmptied"
 	case KindRefilled:
 		return "Refilled"
+	case KindOrderRejected:
+		return "OrderRejected"
 	}
 	return fmt.Sprintf("Kind(%d)", k)
 }
@@ -39,9 +45,11 @@ func (k Kind) String() string {
 type Event struct {
 	Kind     Kind
 	Count    int64  // CoinsInserted
-	Key      string // CoinsInserted, OrderPlaced: the idempotency key, if any
+	Key      string // CoinsInserted, OrderPlaced, OrderRejected: the idempotency key, if any
 	OrderID  string // OrderPlaced, BeverageDispensed
-	Beverage string // OrderPlaced
+	Beverage string // OrderPlaced, OrderRejected
+	Reason   string // OrderRejected: the rejection's reason and message, as answered
+	Message  string // OrderRejected
 	Price    int64  // OrderPlaced
 	Change   int64  // OrderPlaced
 	UsesMilk bool   // OrderPlaced
@@ -73,6 +81,11 @@ func AppendEvent(b []byte, e *Event) []byte {
 	case KindRefilled:
 		b = binary.AppendVarint(b, e.Beans)
 		b = binary.AppendVarint(b, e.Milk)
+	case KindOrderRejected:
+		b = appendString(b, e.Key)
+		b = appendString(b, e.Beverage)
+		b = appendString(b, e.Reason)
+		b = appendString(b, e.Message)
 	}
 	return b
 }
@@ -98,6 +111,11 @@ func DecodeEvent(b []byte) (*Event, error) {
 	case KindRefilled:
 		e.Beans = d.varint()
 		e.Milk = d.varint()
+	case KindOrderRejected:
+		e.Key = d.string()
+		e.Beverage = d.string()
+		e.Reason = d.string()
+		e.Message = d.string()
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", ErrBadEncoding, e.Kind)
 	}
@@ -107,8 +125,9 @@ func DecodeEvent(b []byte) (*Event, error) {
 	return e, nil
 }
 
-// snapshotVersion changes whenever the snapshot layout does.
-const snapshotVersion = 1
+// snapshotVersion changes whenever the snapshot layout does. Version 2 added the refusals of
+// keyed selections to the key records; version 1 snapshots are still read.
+const snapshotVersion = 2
 
 // AppendSnapshot appends the whole state (orders, coins, idempotency keys) to b, in a
 // deterministic order.
@@ -159,6 +178,9 @@ func (m *Machine) AppendSnapshot(b []byte) []byte {
 		b = binary.AppendVarint(b, r.Inserted)
 		b = binary.AppendUvarint(b, r.Seq)
 		b = appendString(b, r.OrderID)
+		b = appendString(b, r.Beverage)
+		b = appendString(b, r.Reason)
+		b = appendString(b, r.Message)
 	}
 	return b
 }
@@ -166,8 +188,9 @@ func (m *Machine) AppendSnapshot(b []byte) []byte {
 // RestoreSnapshot replaces the machine's state with a snapshot's.
 func (m *Machine) RestoreSnapshot(b []byte) error {
 	d := decoder{b: b}
-	if v := d.byte(); v != snapshotVersion && d.err == nil {
-		return fmt.Errorf("%w: snapshot version %d, want %d", ErrBadEncoding, v, snapshotVersion)
+	version := d.byte()
+	if version != 1 && version != snapshotVersion && d.err == nil {
+		return fmt.Errorf("%w: snapshot version %d, want 1 or %d", ErrBadEncoding, version, snapshotVersion)
 	}
 	s := State{Orders: map[string]*Order{}, Dispensed: map[string]int64{}, keys: map[string]keyRecord{},
 		pending: map[string]*Order{}}
@@ -191,7 +214,11 @@ func (m *Machine) RestoreSnapshot(b []byte) error {
 	}
 	for n := d.count(); n > 0 && d.err == nil; n-- {
 		k := d.string()
-		s.keys[k] = keyRecord{Kind: Kind(d.byte()), Count: d.varint(), Inserted: d.varint(), Seq: d.uvarint(), OrderID: d.string()}
+		r := keyRecord{Kind: Kind(d.byte()), Count: d.varint(), Inserted: d.varint(), Seq: d.uvarint(), OrderID: d.string()}
+		if version >= 2 {
+			r.Beverage, r.Reason, r.Message = d.string(), d.string(), d.string()
+		}
+		s.keys[k] = r
 	}
 	if err := d.finish(); err != nil {
 		return err

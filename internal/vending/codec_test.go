@@ -2,6 +2,7 @@ package vending
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -13,6 +14,7 @@ var sampleEvents = []*Event{
 	{Kind: KindBeverageDispensed, OrderID: "o-2"},
 	{Kind: KindBeansEmptied},
 	{Kind: KindRefilled, Beans: 100, Milk: 50},
+	{Kind: KindOrderRejected, Key: "order-2", Beverage: "Latte", Reason: RejectNotEnoughCoins, Message: "Please insert [2] coins"},
 }
 
 func TestEventRoundTrip(t *testing.T) {
@@ -37,7 +39,7 @@ func TestDecodeEventRejectsGarbage(t *testing.T) {
 
 func TestSnapshotRoundTrip(t *testing.T) {
 	m := New(DefaultConfig())
-	for i, e := range sampleEvents[:3] {
+	for i, e := range sampleEvents {
 		if err := m.Apply(uint64(i+1), e); err != nil {
 			t.Fatal(err)
 		}
@@ -84,11 +86,40 @@ func canonical(b []byte) bool {
 
 func FuzzRestoreSnapshot(f *testing.F) {
 	m := New(DefaultConfig())
-	for i, e := range sampleEvents[:3] {
+	for i, e := range sampleEvents {
 		_ = m.Apply(uint64(i+1), e)
 	}
 	f.Add(m.AppendSnapshot(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = New(DefaultConfig()).RestoreSnapshot(b)
 	})
+}
+
+// Snapshots written before refusals were recorded (version 1) are still read.
+func TestSnapshotVersion1IsRead(t *testing.T) {
+	m := New(DefaultConfig())
+	if err := m.Apply(1, sampleEvents[0]); err != nil { // 2 coins with key k-1
+		t.Fatal(err)
+	}
+	v1 := []byte{1}
+	v1 = binary.AppendUvarint(v1, 1)
+	for _, v := range []int64{2, 2, 100, 50} { // inserted, total, beans, milk
+		v1 = binary.AppendVarint(v1, v)
+	}
+	v1 = binary.AppendUvarint(v1, 0) // orders
+	v1 = binary.AppendUvarint(v1, 0) // dispensed
+	v1 = binary.AppendUvarint(v1, 1) // keys
+	v1 = appendString(v1, "k-1")
+	v1 = append(v1, byte(KindCoinsInserted))
+	v1 = binary.AppendVarint(v1, 2)
+	v1 = binary.AppendVarint(v1, 2)
+	v1 = binary.AppendUvarint(v1, 1)
+	v1 = appendString(v1, "")
+	r := New(DefaultConfig())
+	if err := r.RestoreSnapshot(v1); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(r.State(), m.State()) {
+		t.Fatalf("restored %+v, want %+v", r.State(), m.State())
+	}
 }

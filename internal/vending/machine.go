@@ -114,6 +114,9 @@ type keyRecord struct {
 	Inserted int64  // CoinsInserted: coins inserted after it
 	Seq      uint64 // the event's sequence
 	OrderID  string // OrderPlaced
+	Beverage string // OrderRejected: what was asked for, and the answer
+	Reason   string
+	Message  string
 }
 
 // State is everything the log's events add up to.
@@ -216,28 +219,29 @@ func (m *Machine) InsertCoins(count int64, key string) (*Event, *KeyResult, erro
 }
 
 // Select decides Selection(beverage): with enough coins it places an order (persisted before
-// brewing), otherwise it rejects with the talk's "Please insert [N] coins".
+// brewing), otherwise it rejects with the talk's "Please insert [N] coins". A keyed refusal is
+// returned with an OrderRejected event to record before answering: the key's answer is then
+// that refusal for good, even once enough coins are inserted.
 func (m *Machine) Select(beverage, key string) (*Event, *KeyResult, error) {
 	if err := validKey(key); err != nil {
 		return nil, nil, err
 	}
 	if rec, ok := m.st.keys[key]; ok && key != "" {
-		o := m.st.Orders[rec.OrderID]
-		if rec.Kind != KindOrderPlaced || o == nil || o.Beverage != beverage {
-			return nil, nil, reject(RejectKeyReused, "Idempotency-Key %q was used for another request", key)
+		switch o := m.st.Orders[rec.OrderID]; {
+		case rec.Kind == KindOrderRejected && rec.Beverage == beverage:
+			return nil, nil, &Rejection{Reason: rec.Reason, Message: rec.Message}
+		case rec.Kind == KindOrderPlaced && o != nil && o.Beverage == beverage:
+			return nil, &KeyResult{OrderID: rec.OrderID, Seq: rec.Seq}, nil
 		}
-		return nil, &KeyResult{OrderID: rec.OrderID, Seq: rec.Seq}, nil
+		return nil, nil, reject(RejectKeyReused, "Idempotency-Key %q was used for another request", key)
 	}
-	item, ok := m.cfg.Menu[beverage]
-	if !ok {
-		return nil, nil, reject(RejectUnknownBeverage, "%q is not on the menu", beverage)
+	if rej := m.refusal(beverage); rej != nil {
+		if key == "" {
+			return nil, nil, rej
+		}
+		return &Event{Kind: KindOrderRejected, Key: key, Beverage: beverage, Reason: rej.Reason, Message: rej.Message}, nil, rej
 	}
-	if item.UsesMilk && m.st.Milk <= 0 {
-		return nil, nil, reject(RejectOutOfMilk, "out of milk: %s is not available, beverages without milk are", beverage)
-	}
-	if m.st.Inserted < item.Price {
-		return nil, nil, reject(RejectNotEnoughCoins, "Please insert [%d] coins", item.Price-m.st.Inserted)
-	}
+	item := m.cfg.Menu[beverage]
 	seq := m.st.Seq + 1
 	return &Event{
 		Kind:     KindOrderPlaced,
@@ -248,6 +252,20 @@ func (m *Machine) Select(beverage, key string) (*Event, *KeyResult, error) {
 		UsesMilk: item.UsesMilk,
 		Key:      key,
 	}, nil, nil
+}
+
+// refusal is why a selection cannot be served now, or nil.
+func (m *Machine) refusal(beverage string) *Rejection {
+	item, ok := m.cfg.Menu[beverage]
+	switch {
+	case !ok:
+		return reject(RejectUnknownBeverage, "%q is not on the menu", beverage)
+	case item.UsesMilk && m.st.Milk <= 0:
+		return reject(RejectOutOfMilk, "out of milk: %s is not available, beverages without milk are", beverage)
+	case m.st.Inserted < item.Price:
+		return reject(RejectNotEnoughCoins, "Please insert [%d] coins", item.Price-m.st.Inserted)
+	}
+	return nil
 }
 
 // Brew decides the brewing of a pending order. An empty hopper is a failure.
@@ -316,6 +334,8 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 		m.st.Beans = 0
 	case KindRefilled:
 		m.st.Beans, m.st.Milk = e.Beans, e.Milk
+	case KindOrderRejected:
+		m.st.keys[e.Key] = keyRecord{Kind: KindOrderRejected, Seq: seq, Beverage: e.Beverage, Reason: e.Reason, Message: e.Message}
 	default:
 		return fmt.Errorf("vending: event %d has unknown kind %d", seq, e.Kind)
 	}

@@ -18,9 +18,9 @@ func coins(n int64, key string) step {
 
 func order(bev, key string) step {
 	return func(t *testing.T, m *Machine) error {
-		e, res, err := m.Select(bev, key)
+		e, _, err := m.Select(bev, key)
 		if err != nil || e == nil {
-			_ = res
+			_ = apply(t, m, e, nil) // a keyed refusal is recorded
 			return err
 		}
 		if err := apply(t, m, e, nil); err != nil {
@@ -207,4 +207,66 @@ func TestApplyRefusesSequenceGap(t *testing.T) {
 	if err := m.Apply(2, &Event{Kind: KindBeansEmptied}); err == nil {
 		t.Fatal("applied event 2 to an empty machine")
 	}
+}
+
+// A keyed refusal is the key's answer for good: coins inserted since do not turn a retry into a
+// beverage, also after a replay of the log.
+func TestKeyedRefusalIsRemembered(t *testing.T) {
+	m := New(DefaultConfig())
+	var log []*Event
+	record := func(e *Event) {
+		t.Helper()
+		if e != nil {
+			log = append(log, e)
+			if err := m.Apply(m.State().Seq+1, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e, _, _ := m.InsertCoins(1, "")
+	record(e)
+	e, _, err1 := m.Select("Latte", "k")
+	if e == nil || e.Kind != KindOrderRejected {
+		t.Fatalf("a keyed refusal must come with its record, got %+v", e)
+	}
+	record(e)
+	e, _, _ = m.InsertCoins(5, "")
+	record(e)
+	for _, mm := range []*Machine{m, replay(t, log)} {
+		e, res, err2 := mm.Select("Latte", "k")
+		var r1, r2 *Rejection
+		if e != nil || res != nil || !errors.As(err1, &r1) || !errors.As(err2, &r2) || *r1 != *r2 {
+			t.Fatalf("retry: event %+v result %+v err %v; first answer %v", e, res, err2, err1)
+		}
+		if r2.Message != "Please insert [1] coins" {
+			t.Fatalf("retry message %q", r2.Message)
+		}
+		if _, _, err := mm.Select("Espresso", "k"); !isRejection(err, RejectKeyReused) {
+			t.Fatalf("the key with another beverage: %v", err)
+		}
+	}
+	if _, _, err := m.Select("Latte", ""); err != nil {
+		t.Fatalf("without a key the order is served now: %v", err)
+	}
+}
+
+func replay(t *testing.T, log []*Event) *Machine {
+	t.Helper()
+	m := New(DefaultConfig())
+	for i, e := range log {
+		b := AppendEvent(nil, e)
+		d, err := DecodeEvent(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Apply(uint64(i+1), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m
+}
+
+func isRejection(err error, reason string) bool {
+	var r *Rejection
+	return errors.As(err, &r) && r.Reason == reason
 }

@@ -215,6 +215,12 @@ func (w *writer) handle(c command) {
 func (w *writer) order(c command) {
 	e, res, err := w.m.Select(c.beverage, c.key)
 	switch {
+	case err != nil && e != nil: // a keyed refusal: answered once it is recorded
+		w.answer(c, w.submit(e), reply{err: err})
+		return
+	case err != nil && c.key != "": // maybe a retry of a refusal: answered once that is durable
+		w.answer(c, w.waitState(), reply{err: err})
+		return
 	case err != nil:
 		w.answer(c, nil, reply{err: err})
 		return
