@@ -77,8 +77,9 @@ bench: ## Micro-benchmarks: the event log (group commit) and the vending pod (re
 	go test ./internal/vendingpod/ -run XXX -bench 'Replay|StartToReady' -benchtime 5x
 
 .PHONY: bench-scale
-bench-scale: build controlplane ## The operator at scale: 1,000 machines, then 100 failures at once (envtest).
+bench-scale: build controlplane ## The operator at scale (envtest): 1,000 machines and 100 failures; a fleet of 200 and 50 escalations.
 	go run ./hack/scalebench -machines 1000 -failures 100 -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
+	go run ./hack/scalebench -fleet -machines 200 -failures 50 -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
 
 ##@ Build
 

@@ -1,5 +1,5 @@
 // Package v1alpha1 holds the API of the vending.resilience.dev group: VendingMachine, one
-// supervised, event-logged vending machine, and (later) VendingFleet, a supervisor of machines.
+// supervised, event-logged vending machine, and VendingFleet, a supervisor of machines.
 //
 // +kubebuilder:object:generate=true
 // +groupName=vending.resilience.dev
@@ -24,7 +24,7 @@ var (
 )
 
 func addKnownTypes(scheme *runtime.Scheme) error {
-	scheme.AddKnownTypes(GroupVersion, &VendingMachine{}, &VendingMachineList{})
+	scheme.AddKnownTypes(GroupVersion, &VendingMachine{}, &VendingMachineList{}, &VendingFleet{}, &VendingFleetList{})
 	metav1.AddToGroupVersion(scheme, GroupVersion)
 	return nil
 }

@@ -199,6 +199,13 @@ type VendingMachineSpec struct {
 	// resources of the vending container; small defaults when empty.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// topologySpreadConstraints of the machine's pod (a VendingFleet spreads its machines over
+	// nodes with them).
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	// +optional
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
 }
 
 // MachinePhase is a one-word summary of the machine for printer columns; conditions carry
@@ -302,6 +309,15 @@ type VendingMachineStatus struct {
 	// sequence of the event log the machine last reported, when it was reachable.
 	// +optional
 	Sequence *int64 `json:"sequence,omitempty"`
+
+	// logClaim is the PersistentVolumeClaim that holds the machine's event log.
+	// +optional
+	LogClaim string `json:"logClaim,omitempty"`
+
+	// observedReset is the value of the vending.resilience.dev/reset annotation that this status
+	// reflects. While the annotation differs, a reset is pending.
+	// +optional
+	ObservedReset string `json:"observedReset,omitempty"`
 }
 
 // VendingMachine is one supervised vending machine: a pod that serves customers and keeps its

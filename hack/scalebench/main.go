@@ -5,6 +5,7 @@
 // and the manager's peak RSS.
 //
 //	make build controlplane && go run ./hack/scalebench -machines 1000 -failures 100
+//	go run ./hack/scalebench -fleet -machines 200 -failures 50   # one VendingFleet; 50 escalate at once
 //
 // The baseline, measured in the same run on the same API server, is the floor an operator
 // cannot beat: the same children (claim, service, pod per machine) created directly by this
@@ -37,6 +38,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -60,6 +62,7 @@ type options struct {
 	qps                                      float64
 	burst                                    int
 	timeout                                  time.Duration
+	fleet                                    bool
 }
 
 func main() {
@@ -70,6 +73,8 @@ func main() {
 	flag.IntVar(&o.concurrency, "max-concurrent-reconciles", 4, "passed to the manager")
 	flag.Float64Var(&o.qps, "kube-api-qps", 100, "passed to the manager")
 	flag.IntVar(&o.burst, "kube-api-burst", 200, "passed to the manager")
+	flag.BoolVar(&o.fleet, "fleet", false, "create the machines through one VendingFleet, and make the failures escalations "+
+		"(a reason the decider does not restart) that the fleet resets")
 	flag.DurationVar(&o.timeout, "settle-timeout", 3*time.Minute, "how long a phase may take to settle")
 	flag.StringVar(&o.manager, "manager", "bin/manager", "manager binary (make build)")
 	flag.StringVar(&o.assets, "assets", "bin/k8s/v1.37.2", "control plane binaries (make controlplane)")
@@ -149,9 +154,11 @@ func run(o options) error {
 		return err
 	}
 	start = time.Now()
-	if err := parallel(o.machines, o.workers, func(i int) error {
-		return c.Create(ctx, machine(i))
-	}); err != nil {
+	create := func(i int) error { return c.Create(ctx, machine(i)) }
+	if o.fleet {
+		create = func(int) error { return c.Create(ctx, fleetOf(o.machines)) }
+	}
+	if err := parallel(map[bool]int{true: 1, false: o.machines}[o.fleet], o.workers, create); err != nil {
 		return fmt.Errorf("creating machines: %w", err)
 	}
 	created := time.Since(start)
@@ -167,10 +174,16 @@ func run(o options) error {
 	}
 	report("create", o.machines, created, settle, before, after)
 
-	// Phase 2: fail pods at once with the talk's OutOfCoffeeBeans; wait for every restart.
+	// Phase 2: fail pods at once; wait for every restart. Alone, the machines restart the talk's
+	// OutOfCoffeeBeans; in a fleet, they escalate a reason their decider does not know and the
+	// fleet resets them.
 	before = after
 	start = time.Now()
-	if err := parallel(o.failures, o.workers, func(i int) error { return kubelet.fail(ctx, c, i) }); err != nil {
+	reason, exit := contract.ReasonOutOfCoffeeBeans, int32(contract.ExitOutOfCoffeeBeans)
+	if o.fleet {
+		reason, exit = "Panic", 2
+	}
+	if err := parallel(o.failures, o.workers, func(i int) error { return kubelet.fail(ctx, c, i, reason, exit) }); err != nil {
 		return fmt.Errorf("failing pods: %w", err)
 	}
 	failed := time.Since(start)
@@ -210,6 +223,15 @@ func report(phase string, n int, input, settle time.Duration, before, after map[
 
 func machine(i int) *vendingv1alpha1.VendingMachine {
 	return &vendingv1alpha1.VendingMachine{ObjectMeta: metav1.ObjectMeta{Namespace: fleetNS, Name: fmt.Sprintf("m-%d", i)}}
+}
+
+// fleetOf is one fleet named m, whose machines m-0 ... are named as machine(i) names them. Its
+// intensity absorbs every escalation the benchmark makes.
+func fleetOf(n int) *vendingv1alpha1.VendingFleet {
+	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: fleetNS, Name: "m"}}
+	f.Spec.Replicas = ptr.To(int32(n))
+	f.Spec.Intensity.MaxEscalations = ptr.To(int32(100))
+	return f
 }
 
 func index(name string) int {
@@ -337,8 +359,8 @@ func startKubelet(ctx context.Context, informers cache.Cache, c client.Client, w
 	return k, nil
 }
 
-// fail reports machine i's current pod terminated, out of coffee beans, as a kubelet would.
-func (k *kubelet) fail(ctx context.Context, c client.Client, i int) error {
+// fail reports machine i's current pod terminated with a reason, as a kubelet would.
+func (k *kubelet) fail(ctx context.Context, c client.Client, i int, reason string, exit int32) error {
 	k.mu.Lock()
 	name := k.pods[fmt.Sprintf("m-%d", i)]
 	k.mu.Unlock()
@@ -346,14 +368,14 @@ func (k *kubelet) fail(ctx context.Context, c client.Client, i int) error {
 	if err := c.Get(ctx, client.ObjectKey{Namespace: fleetNS, Name: name}, pod); err != nil {
 		return err
 	}
-	msg, _ := json.Marshal(contract.TerminationMessage{Reason: contract.ReasonOutOfCoffeeBeans,
-		ExitCode: contract.ExitOutOfCoffeeBeans, Message: "out of coffee beans", PendingOrder: "o-1", Time: time.Now()})
+	msg, _ := json.Marshal(contract.TerminationMessage{Reason: reason,
+		ExitCode: int(exit), Message: reason, PendingOrder: "o-1", Time: time.Now()})
 	now := metav1.Now()
 	pod.Status.Phase = corev1.PodFailed
 	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: now}}
 	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: container, Image: pod.Spec.Containers[0].Image,
 		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-			ExitCode: contract.ExitOutOfCoffeeBeans, Message: string(msg), Reason: "Error", StartedAt: now, FinishedAt: now}}}}
+			ExitCode: exit, Message: string(msg), Reason: "Error", StartedAt: now, FinishedAt: now}}}}
 	return c.Status().Update(ctx, pod)
 }
 
@@ -448,9 +470,9 @@ func (m *managerProcess) scrape() (map[string]float64, error) {
 		}
 		name := line[:sp]
 		switch {
-		case strings.HasPrefix(name, "controller_runtime_reconcile_total{") && strings.Contains(name, `controller="vendingmachine"`):
+		case strings.HasPrefix(name, "controller_runtime_reconcile_total{"):
 			out["controller_runtime_reconcile_total"] += v
-		case strings.HasPrefix(name, "controller_runtime_reconcile_errors_total{") && strings.Contains(name, `controller="vendingmachine"`):
+		case strings.HasPrefix(name, "controller_runtime_reconcile_errors_total{"):
 			out["controller_runtime_reconcile_errors_total"] += v
 		case strings.HasPrefix(name, "rest_client_requests_total{"):
 			for _, method := range []string{"POST", "PUT", "PATCH", "DELETE"} {

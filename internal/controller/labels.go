@@ -11,6 +11,13 @@ import (
 const (
 	labelMachine     = "vending.resilience.dev/machine"
 	labelIncarnation = "vending.resilience.dev/incarnation"
+	// LabelFleet on a machine (and its children) names the VendingFleet it belongs to.
+	LabelFleet = "vending.resilience.dev/fleet"
+	// labelMachineIndex on a fleet's machine is its index n in <fleet>-<n>.
+	labelMachineIndex = "vending.resilience.dev/index"
+	// labelQuarantined on a claim says that a fleet set its log aside as corrupt; the value is
+	// the machine it belonged to. The claim is kept, with no owner, as evidence.
+	labelQuarantined = "vending.resilience.dev/quarantined"
 
 	// annotationTemplateHash is a hash of the spec fields the pod is built from.
 	annotationTemplateHash = "vending.resilience.dev/template-hash"
@@ -26,6 +33,21 @@ const (
 	// restart the machine with a fresh restart window (what a VendingFleet or a human does). Pods
 	// carry the value they were created under.
 	annotationReset = "vending.resilience.dev/reset"
+	// annotationLogGeneration on a VendingMachine: n > 0 puts its log on the claim
+	// <machine>-log-<n>; a fleet bumps it after quarantining a corrupt log.
+	annotationLogGeneration = "vending.resilience.dev/log-generation"
+	// annotationFleetEscalations on a fleet's machine: the JSON list of escalations the fleet
+	// handled (inside its window) by resetting this machine. The fleet's memory, like the
+	// machine's, lives on the child.
+	annotationFleetEscalations = "vending.resilience.dev/fleet-escalations"
+	// annotationFleetTemplateHash on a fleet's machine: the hash of the template (and variant)
+	// it was last made from; a different hash means it has to be rolled.
+	annotationFleetTemplateHash = "vending.resilience.dev/fleet-template-hash"
+	// annotationFleetUpdatedAt on a fleet's machine: when the fleet last rolled it (RFC 3339),
+	// so a rollout's deadline counts from the update.
+	annotationFleetUpdatedAt = "vending.resilience.dev/fleet-updated-at"
+	// annotationQuarantineReason on a quarantined claim: why, when and by whom.
+	annotationQuarantineReason = "vending.resilience.dev/quarantine-reason"
 )
 
 // MachineLabelRequirement selects the children of VendingMachines (for the manager's cache).

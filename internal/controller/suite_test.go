@@ -125,6 +125,13 @@ func startManager() (stop func(), err error) {
 	}); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
+	if err := (&VendingFleetReconciler{
+		Client:   mgr.GetClient(),
+		Scheme:   mgr.GetScheme(),
+		Recorder: mgr.GetEventRecorder("vendingfleet-controller"),
+	}).SetupWithManager(mgr, Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr.To(true)}); err != nil {
+		return nil, fmt.Errorf("fleet controller: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -2,12 +2,16 @@ package controller
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 )
@@ -41,4 +45,27 @@ func TestVendingMachineCreateReadDelete(t *testing.T) {
 	g.Eventually(func() bool {
 		return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(vm), &vendingv1alpha1.VendingMachine{}))
 	}).Should(BeTrue())
+}
+
+// The samples a user applies first are valid against the CRDs (a server-side dry run).
+func TestSamplesAreValid(t *testing.T) {
+	ns := newNamespace(t)
+	files, err := filepath.Glob(filepath.Join("..", "..", "config", "samples", "vending_*.yaml"))
+	if err != nil || len(files) < 3 {
+		t.Fatalf("samples: %v %v", files, err)
+	}
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		obj.SetNamespace(ns)
+		if err := k8sClient.Create(context.Background(), obj, client.DryRunAll); err != nil {
+			t.Errorf("%s: %v", file, err)
+		}
+	}
 }

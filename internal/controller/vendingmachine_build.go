@@ -21,7 +21,14 @@ import (
 // Pure builders: names derive from the machine, so a stale cache yields AlreadyExists, never a
 // duplicate.
 
-func pvcName(vm *vendingv1alpha1.VendingMachine) string { return vm.Name + "-log" }
+// pvcName is the claim of the machine's event log: <machine>-log, or <machine>-log-<n> once a
+// fleet has quarantined n corrupt logs of the machine (annotationLogGeneration).
+func pvcName(vm *vendingv1alpha1.VendingMachine) string {
+	if n, err := strconv.Atoi(vm.Annotations[annotationLogGeneration]); err == nil && n > 0 {
+		return fmt.Sprintf("%s-log-%d", vm.Name, n)
+	}
+	return vm.Name + "-log"
+}
 
 func serviceName(vm *vendingv1alpha1.VendingMachine) string { return vm.Name }
 
@@ -33,13 +40,19 @@ func selectorLabels(vm *vendingv1alpha1.VendingMachine) map[string]string {
 	return map[string]string{labelMachine: vm.Name}
 }
 
+// commonLabels are the labels of every child. A fleet's machines pass their fleet label on, so
+// the fleet's spread constraints and disruption budget can select their pods.
 func commonLabels(vm *vendingv1alpha1.VendingMachine) map[string]string {
-	return map[string]string{
+	labels := map[string]string{
 		"app.kubernetes.io/name":       "vendingmachine",
 		"app.kubernetes.io/instance":   vm.Name,
 		"app.kubernetes.io/managed-by": "vending-operator",
 		labelMachine:                   vm.Name,
 	}
+	if fleet, ok := vm.Labels[LabelFleet]; ok {
+		labels[LabelFleet] = fleet
+	}
+	return labels
 }
 
 func ownerRef(vm *vendingv1alpha1.VendingMachine) metav1.OwnerReference {
@@ -105,7 +118,9 @@ func templateHash(vm *vendingv1alpha1.VendingMachine, image string) string {
 		Inventory vendingv1alpha1.Inventory
 		Faults    bool
 		Resources *corev1.ResourceRequirements
-	}{image, menuArg(vm.Spec.Menu), vm.Spec.Inventory, vm.Spec.EnableFaultInjection, vm.Spec.Resources})
+		Spread    []corev1.TopologySpreadConstraint `json:",omitempty"`
+	}{image, menuArg(vm.Spec.Menu), vm.Spec.Inventory, vm.Spec.EnableFaultInjection, vm.Spec.Resources,
+		vm.Spec.TopologySpreadConstraints})
 	h := fnv.New64a()
 	_, _ = h.Write(b)
 	return strconv.FormatUint(h.Sum64(), 36)
@@ -159,6 +174,7 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image string, mem podMemory) *
 		},
 		Spec: corev1.PodSpec{
 			RestartPolicy:                 corev1.RestartPolicyNever,
+			TopologySpreadConstraints:     vm.Spec.TopologySpreadConstraints,
 			TerminationGracePeriodSeconds: ptr.To[int64](5), // crash-only: SIGTERM ends it at once
 			EnableServiceLinks:            ptr.To(false),
 			AutomountServiceAccountToken:  ptr.To(false),

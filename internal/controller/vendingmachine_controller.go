@@ -217,15 +217,34 @@ func (r *VendingMachineReconciler) supervise(ctx context.Context, vm *vendingv1a
 		o.progress = ReasonRecreating
 		return ctrl.Result{}, nil // its deletion will trigger the next pass
 	case !podTerminal(pod):
+		if reset, ok := vm.Annotations[annotationReset]; ok && reset != pod.Annotations[annotationReset] {
+			// A reset of a running machine (a fleet's AllForOne or RestForOne, or a human)
+			// restarts it: the next pass creates a fresh pod with a fresh window.
+			o.progress = ReasonRestarting
+			r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Reset", "Reset",
+				"reset requested (%s=%s): replacing pod %s (the new one replays the same log)", annotationReset, reset, pod.Name)
+			return ctrl.Result{}, r.deleteToReplace(ctx, pod, now)
+		}
 		if pod.Annotations[annotationTemplateHash] != templateHash(vm, r.image(vm)) {
 			o.progress = ReasonRolling
 			r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Rolling", "Roll",
 				"spec changed: replacing pod %s (the new one replays the same log)", pod.Name)
-			return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, pod))
+			return ctrl.Result{}, r.deleteToReplace(ctx, pod, now)
 		}
 		return ctrl.Result{}, nil
 	}
 	return r.superviseFailure(ctx, vm, o, now)
+}
+
+// deleteToReplace deletes a running pod that the next pass replaces, and marks the observed
+// copy as going, so that this pass's status does not call the machine Ready on a pod that is
+// being replaced (a fleet rolling its machines waits on exactly that).
+func (r *VendingMachineReconciler) deleteToReplace(ctx context.Context, pod *corev1.Pod, now time.Time) error {
+	if err := r.Delete(ctx, pod); client.IgnoreNotFound(err) != nil {
+		return err
+	}
+	pod.DeletionTimestamp = &metav1.Time{Time: now}
+	return nil
 }
 
 // incarnationFromName is the incarnation the status last named, for recreating a lost pod.

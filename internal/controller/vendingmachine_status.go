@@ -56,8 +56,11 @@ func computeStatus(vm *vendingv1alpha1.VendingMachine, o observation, now time.T
 		ObservedGeneration: vm.Generation,
 		Conditions:         vm.Status.Conditions,
 		Endpoint:           endpoint(vm),
+		LogClaim:           pvcName(vm),
+		ObservedReset:      vm.Annotations[annotationReset],
 	}
 	if pod := o.current; pod != nil {
+		st.ObservedReset = pod.Annotations[annotationReset]
 		st.PodName = pod.Name
 		st.Restarts = incarnation(pod)
 		for _, t := range supervision.RecentRestarts(restartHistory(pod), policyOf(vm).Window, now) {

@@ -1,0 +1,449 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/fleet"
+)
+
+// Fleet condition reasons.
+const (
+	ReasonAllMachinesReady  = "AllMachinesReady"
+	ReasonMachinesNotReady  = "MachinesNotReady"
+	ReasonScaling           = "Scaling"
+	ReasonRollingOut        = "RollingOut"
+	ReasonRolloutStalled    = "RolloutStalled"
+	ReasonUpToDate          = "UpToDate"
+	ReasonMachinesEscalated = "MachinesEscalated"
+	ReasonMachinesDegraded  = "MachinesDegraded"
+	ReasonAllMachinesHealth = "AllMachinesHealthy"
+	ReasonIntensityExceeded = "IntensityExceeded"
+	ReasonWithinIntensity   = "WithinIntensity"
+)
+
+// VendingFleetReconciler supervises VendingMachines the way an Erlang supervisor supervises
+// its children: it keeps the machines, resets those that escalate according to the fleet's
+// strategy and intensity, rolls template changes one machine at a time, and escalates to
+// humans when its own budget is spent.
+type VendingFleetReconciler struct {
+	client.Client
+	Scheme   *runtime.Scheme
+	Recorder recorder.EventRecorder
+	// Clock is injected so tests can reason about time; the real clock when nil.
+	Clock clock.PassiveClock
+}
+
+// +kubebuilder:rbac:groups=vending.resilience.dev,resources=vendingfleets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=vending.resilience.dev,resources=vendingfleets/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=vending.resilience.dev,resources=vendingmachines,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch
+
+// fleetObservation is what one pass saw of the fleet's machines and decided.
+type fleetObservation struct {
+	machines map[int]*vendingv1alpha1.VendingMachine
+	plan     fleet.Plan
+	step     fleet.Step
+	scaling  bool
+}
+
+// Reconcile moves one VendingFleet toward its spec: observe the machines, create and delete
+// them, reset the escalated ones, roll one machine, then one status patch.
+func (r *VendingFleetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	f := &vendingv1alpha1.VendingFleet{}
+	if err := r.Get(ctx, req.NamespacedName, f); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !f.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // machines go with the garbage collector
+	}
+	now := r.clock().Now()
+	before := f.DeepCopy()
+	machines, err := r.machines(ctx, f)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	o := &fleetObservation{machines: machines}
+	var result ctrl.Result
+	var actErr error
+	if !f.Spec.Paused {
+		result, actErr = r.act(ctx, f, o, now)
+	} else {
+		o.plan = fleet.Decide(fleetPolicy(f), fleetMachines(o.machines), now)
+		o.step = fleet.NextRollout(rolloutMachines(f, o.machines), rolloutDeadline(f), now)
+	}
+	f.Status = computeFleetStatus(f, o)
+	r.announceFleet(before, f, o)
+	if !equality.Semantic.DeepEqual(before.Status, f.Status) {
+		if err := r.Status().Patch(ctx, f, client.MergeFrom(before)); err != nil && !apierrors.IsNotFound(err) && actErr == nil {
+			actErr = err
+		}
+	}
+	// Come back when the oldest escalation leaves the window: an escalated fleet has room again.
+	if len(o.plan.History) > 0 {
+		result.RequeueAfter = minPositive(result.RequeueAfter, o.plan.History[0].Time.Add(fleetPolicy(f).Window).Sub(now)+time.Second)
+	}
+	return result, actErr
+}
+
+func (r *VendingFleetReconciler) clock() clock.PassiveClock {
+	if r.Clock == nil {
+		return clock.RealClock{}
+	}
+	return r.Clock
+}
+
+// machines lists the fleet's machines by index.
+func (r *VendingFleetReconciler) machines(ctx context.Context,
+	f *vendingv1alpha1.VendingFleet) (map[int]*vendingv1alpha1.VendingMachine, error) {
+	list := &vendingv1alpha1.VendingMachineList{}
+	if err := r.List(ctx, list, client.InNamespace(f.Namespace), client.MatchingLabels{LabelFleet: f.Name}); err != nil {
+		return nil, err
+	}
+	out := map[int]*vendingv1alpha1.VendingMachine{}
+	for i := range list.Items {
+		vm := &list.Items[i]
+		n, err := strconv.Atoi(vm.Labels[labelMachineIndex])
+		if err != nil || !metav1.IsControlledBy(vm, f) || vm.Name != machineName(f, n) {
+			continue
+		}
+		out[n] = vm
+	}
+	return out, nil
+}
+
+// act does this pass's work: scale, protect, reset, roll.
+func (r *VendingFleetReconciler) act(ctx context.Context, f *vendingv1alpha1.VendingFleet, o *fleetObservation,
+	now time.Time) (ctrl.Result, error) {
+	replicas := int(ptr.Deref(f.Spec.Replicas, 3))
+	var created, deleted []string
+	for n := range replicas {
+		if _, ok := o.machines[n]; ok {
+			continue
+		}
+		vm := desiredMachine(f, n)
+		if err := r.Create(ctx, vm); err != nil && !apierrors.IsAlreadyExists(err) {
+			return ctrl.Result{}, err
+		}
+		created = append(created, vm.Name)
+	}
+	for n, vm := range o.machines {
+		if n < replicas || vm.DeletionTimestamp != nil {
+			continue
+		}
+		if err := r.Delete(ctx, vm); client.IgnoreNotFound(err) != nil {
+			return ctrl.Result{}, err
+		}
+		deleted = append(deleted, vm.Name)
+		delete(o.machines, n)
+	}
+	o.scaling = len(created)+len(deleted) > 0
+	if len(created) > 0 {
+		slices.Sort(created)
+		r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "MachinesCreated", "Scale", "created machines %v", created)
+	}
+	if len(deleted) > 0 {
+		slices.Sort(deleted)
+		r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "MachinesDeleted", "Scale",
+			"deleted machines %v; their log claims follow the template's storage.whenDeleted", deleted)
+	}
+	if err := r.ensureDisruptionBudget(ctx, f, replicas); err != nil {
+		return ctrl.Result{}, err
+	}
+
+	o.plan = fleet.Decide(fleetPolicy(f), fleetMachines(o.machines), now)
+	if err := r.reset(ctx, f, o, now); err != nil {
+		return ctrl.Result{}, err
+	}
+
+	o.step = fleet.NextRollout(rolloutMachines(f, o.machines), rolloutDeadline(f), now)
+	if o.step.Roll != "" {
+		return ctrl.Result{}, r.roll(ctx, f, o.machines[machineIndex(f, o.step.Roll)], now)
+	}
+	if !o.step.Done && !o.step.Stalled {
+		return ctrl.Result{RequeueAfter: rolloutDeadline(f)}, nil // look again when the deadline may have passed
+	}
+	return ctrl.Result{}, nil
+}
+
+// reset carries out the plan's resets: each machine's reset annotation gets a new value and
+// the escalation is recorded on it; a corrupt log is quarantined first.
+func (r *VendingFleetReconciler) reset(ctx context.Context, f *vendingv1alpha1.VendingFleet, o *fleetObservation, now time.Time) error {
+	if len(o.plan.Resets) == 0 {
+		return nil
+	}
+	token := "fleet-" + strconv.FormatInt(now.UnixNano(), 36)
+	for _, rs := range o.plan.Resets {
+		vm := o.machines[rs.Index]
+		if rs.Quarantine {
+			if err := r.quarantine(ctx, f, vm, now); err != nil {
+				return err
+			}
+		}
+		history, err := json.Marshal(rs.History)
+		if err != nil {
+			return err
+		}
+		if vm.Annotations == nil {
+			vm.Annotations = map[string]string{}
+		}
+		vm.Annotations[annotationReset] = token
+		vm.Annotations[annotationFleetEscalations] = string(history)
+		if rs.Quarantine {
+			gen, _ := strconv.Atoi(vm.Annotations[annotationLogGeneration])
+			vm.Annotations[annotationLogGeneration] = strconv.Itoa(gen + 1)
+		}
+		// Update, not patch: a stale cache must fail with a conflict rather than reset twice.
+		if err := r.Update(ctx, vm); err != nil {
+			return err
+		}
+	}
+	r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "Reset", "Reset", "%s", o.plan.Message)
+	return nil
+}
+
+// quarantine sets a corrupt log's claim aside: labelled, annotated with why, and without
+// owner, so that no deletion of the machine takes the evidence with it.
+func (r *VendingFleetReconciler) quarantine(ctx context.Context, f *vendingv1alpha1.VendingFleet, vm *vendingv1alpha1.VendingMachine,
+	now time.Time) error {
+	pvc := &corev1.PersistentVolumeClaim{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: vm.Namespace, Name: pvcName(vm)}, pvc); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if pvc.Labels[labelQuarantined] != "" {
+		return nil
+	}
+	why := "unknown"
+	if vm.Status.LastFailure != nil {
+		why = vm.Status.LastFailure.Message
+	}
+	pvc.Labels[labelQuarantined] = vm.Name
+	if pvc.Annotations == nil {
+		pvc.Annotations = map[string]string{}
+	}
+	pvc.Annotations[annotationQuarantineReason] = fmt.Sprintf("%s: quarantined by VendingFleet %s at %s: %s",
+		fleet.ReasonCorruptLog, f.Name, now.UTC().Format(time.RFC3339), truncate(why, 500))
+	pvc.OwnerReferences = nil
+	if err := r.Update(ctx, pvc); err != nil {
+		return err
+	}
+	r.Recorder.Eventf(f, pvc, corev1.EventTypeWarning, "Quarantined", "Quarantine",
+		"machine %s has a corrupt log: claim %s is kept aside (label %s) and the machine starts on a new log: %s",
+		vm.Name, pvc.Name, labelQuarantined, truncate(why, 300))
+	return nil
+}
+
+// roll updates one machine to the fleet's template; its own supervisor replaces its pod,
+// which replays the same log.
+func (r *VendingFleetReconciler) roll(ctx context.Context, f *vendingv1alpha1.VendingFleet,
+	vm *vendingv1alpha1.VendingMachine, now time.Time) error {
+	want := desiredMachine(f, machineIndex(f, vm.Name))
+	vm.Spec = want.Spec
+	for k, v := range want.Labels {
+		vm.Labels[k] = v
+	}
+	if vm.Annotations == nil {
+		vm.Annotations = map[string]string{}
+	}
+	vm.Annotations[annotationFleetTemplateHash] = want.Annotations[annotationFleetTemplateHash]
+	vm.Annotations[annotationFleetUpdatedAt] = now.UTC().Format(time.RFC3339Nano)
+	if err := r.Update(ctx, vm); err != nil {
+		return err
+	}
+	logf.FromContext(ctx).Info("Rolled machine to the fleet's template", "machine", klogRef(vm))
+	return nil
+}
+
+func (r *VendingFleetReconciler) ensureDisruptionBudget(ctx context.Context, f *vendingv1alpha1.VendingFleet, replicas int) error {
+	pdb := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: f.Name, Namespace: f.Namespace}}
+	_, err := controllerutil.CreateOrUpdate(ctx, r.Client, pdb, func() error {
+		// Voluntary disruptions (a node drain) take one machine at a time.
+		pdb.Spec.MinAvailable = ptr.To(intstr.FromInt32(int32(max(replicas-1, 0))))
+		pdb.Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{LabelFleet: f.Name}}
+		return controllerutil.SetControllerReference(f, pdb, r.Scheme)
+	})
+	return err
+}
+
+// announceFleet emits the fleet's Escalated event on the transition only.
+func (r *VendingFleetReconciler) announceFleet(before, f *vendingv1alpha1.VendingFleet, o *fleetObservation) {
+	if o.plan.Escalated && !meta.IsStatusConditionTrue(before.Status.Conditions, vendingv1alpha1.ConditionEscalated) {
+		escalationsTotal.Inc()
+		r.Recorder.Eventf(f, nil, corev1.EventTypeWarning, "Escalated", "Escalate", "%s", o.plan.Message)
+	}
+	if o.step.Stalled && !stalled(before) {
+		r.Recorder.Eventf(f, nil, corev1.EventTypeWarning, ReasonRolloutStalled, "Roll", "%s", o.step.Message)
+	}
+}
+
+func stalled(f *vendingv1alpha1.VendingFleet) bool {
+	c := meta.FindStatusCondition(f.Status.Conditions, vendingv1alpha1.ConditionProgressing)
+	return c != nil && c.Reason == ReasonRolloutStalled
+}
+
+// SetupWithManager registers the reconciler: it watches fleets, and the machines and
+// disruption budgets they own.
+func (r *VendingFleetReconciler) SetupWithManager(mgr ctrl.Manager, opts Options) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&vendingv1alpha1.VendingFleet{}, builder.WithPredicates(
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Owns(&vendingv1alpha1.VendingMachine{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		WithOptions(opts).
+		Named("vendingfleet").
+		Complete(r)
+}
+
+func machineName(f *vendingv1alpha1.VendingFleet, n int) string {
+	return fmt.Sprintf("%s-%d", f.Name, n)
+}
+
+func machineIndex(f *vendingv1alpha1.VendingFleet, name string) int {
+	n, err := strconv.Atoi(name[len(f.Name)+1:])
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// desiredMachine is machine n as the fleet's template (and its variant) makes it.
+func desiredMachine(f *vendingv1alpha1.VendingFleet, n int) *vendingv1alpha1.VendingMachine {
+	spec := f.Spec.Template.Spec.DeepCopy()
+	if len(f.Spec.Variants) > 0 {
+		v := f.Spec.Variants[n%len(f.Spec.Variants)]
+		if v.Image != "" {
+			spec.Image = v.Image
+		}
+		if len(v.Menu) > 0 {
+			spec.Menu = slices.Clone(v.Menu)
+		}
+	}
+	if len(spec.TopologySpreadConstraints) == 0 {
+		// Bulkheads: spread the machines over nodes, but never leave one unscheduled for it.
+		spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{
+			MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.ScheduleAnyway,
+			LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{LabelFleet: f.Name}},
+		}}
+	}
+	labels := map[string]string{}
+	for k, v := range f.Spec.Template.Labels {
+		labels[k] = v
+	}
+	labels[LabelFleet] = f.Name
+	labels[labelMachineIndex] = strconv.Itoa(n)
+	vm := &vendingv1alpha1.VendingMachine{
+		ObjectMeta: metav1.ObjectMeta{Name: machineName(f, n), Namespace: f.Namespace, Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(f, vendingv1alpha1.GroupVersion.WithKind("VendingFleet"))}},
+		Spec: *spec,
+	}
+	b, _ := json.Marshal(struct {
+		Labels map[string]string
+		Spec   *vendingv1alpha1.VendingMachineSpec
+	}{labels, spec})
+	h := fnv.New64a()
+	_, _ = h.Write(b)
+	vm.Annotations = map[string]string{annotationFleetTemplateHash: strconv.FormatUint(h.Sum64(), 36)}
+	return vm
+}
+
+func fleetPolicy(f *vendingv1alpha1.VendingFleet) fleet.Policy {
+	p := fleet.Policy{Strategy: fleet.Strategy(f.Spec.Strategy), MaxEscalations: 3, Window: 10 * time.Minute}
+	if p.Strategy == "" {
+		p.Strategy = fleet.OneForOne
+	}
+	if m := f.Spec.Intensity.MaxEscalations; m != nil {
+		p.MaxEscalations = int(*m)
+	}
+	if w := f.Spec.Intensity.Window; w != nil {
+		p.Window = w.Duration
+	}
+	return p
+}
+
+func rolloutDeadline(f *vendingv1alpha1.VendingFleet) time.Duration {
+	if d := f.Spec.RolloutDeadline; d != nil {
+		return d.Duration
+	}
+	return 5 * time.Minute
+}
+
+// machineEscalated: the machine gave up on its failure and no reset of it is pending (its
+// status reflects the reset annotation it has).
+func machineEscalated(vm *vendingv1alpha1.VendingMachine) bool {
+	return meta.IsStatusConditionTrue(vm.Status.Conditions, vendingv1alpha1.ConditionEscalated) &&
+		vm.Annotations[annotationReset] == vm.Status.ObservedReset
+}
+
+func fleetMachines(ms map[int]*vendingv1alpha1.VendingMachine) []fleet.Machine {
+	out := make([]fleet.Machine, 0, len(ms))
+	for n, vm := range ms {
+		m := fleet.Machine{Index: n, Name: vm.Name, Escalated: machineEscalated(vm)}
+		if vm.Status.LastFailure != nil {
+			m.Reason = vm.Status.LastFailure.Reason
+		}
+		_ = json.Unmarshal([]byte(vm.Annotations[annotationFleetEscalations]), &m.History)
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b fleet.Machine) int { return a.Index - b.Index })
+	return out
+}
+
+// machineReady: the machine's status describes its current spec and says Ready.
+func machineReady(vm *vendingv1alpha1.VendingMachine) bool {
+	return vm.Status.ObservedGeneration == vm.Generation &&
+		meta.IsStatusConditionTrue(vm.Status.Conditions, vendingv1alpha1.ConditionReady)
+}
+
+func rolloutMachines(f *vendingv1alpha1.VendingFleet, ms map[int]*vendingv1alpha1.VendingMachine) []fleet.RolloutMachine {
+	out := make([]fleet.RolloutMachine, 0, len(ms))
+	for n, vm := range ms {
+		rm := fleet.RolloutMachine{Index: n, Name: vm.Name, Ready: machineReady(vm),
+			Updated: vm.Annotations[annotationFleetTemplateHash] == desiredMachine(f, n).Annotations[annotationFleetTemplateHash]}
+		if !rm.Ready {
+			if c := meta.FindStatusCondition(vm.Status.Conditions, vendingv1alpha1.ConditionReady); c != nil {
+				rm.NotReadySince = c.LastTransitionTime.Time
+			}
+			if t, err := time.Parse(time.RFC3339Nano, vm.Annotations[annotationFleetUpdatedAt]); err == nil && t.After(rm.NotReadySince) {
+				rm.NotReadySince = t
+			}
+			if rm.NotReadySince.IsZero() {
+				rm.NotReadySince = vm.CreationTimestamp.Time
+			}
+		}
+		out = append(out, rm)
+	}
+	slices.SortFunc(out, func(a, b fleet.RolloutMachine) int { return a.Index - b.Index })
+	return out
+}
+
+func minPositive(a, b time.Duration) time.Duration {
+	if a <= 0 || (b > 0 && b < a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,125 @@
+package controller
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/fleet"
+)
+
+// computeFleetStatus rebuilds the fleet's status from its machines and this pass's decisions.
+// Totals are as fresh as each machine's own status: eventually consistent.
+func computeFleetStatus(f *vendingv1alpha1.VendingFleet, o *fleetObservation) vendingv1alpha1.VendingFleetStatus {
+	replicas := ptr.Deref(f.Spec.Replicas, 3)
+	st := vendingv1alpha1.VendingFleetStatus{
+		ObservedGeneration: f.Generation,
+		Conditions:         f.Status.Conditions,
+		Replicas:           int32(len(o.machines)),
+	}
+	var notReady, escalated, degraded []string
+	for n, vm := range o.machines {
+		if machineReady(vm) {
+			st.ReadyMachines++
+		} else {
+			notReady = append(notReady, vm.Name)
+		}
+		if vm.Annotations[annotationFleetTemplateHash] == desiredMachine(f, n).Annotations[annotationFleetTemplateHash] {
+			st.UpdatedMachines++
+		}
+		if machineEscalated(vm) {
+			escalated = append(escalated, vm.Name)
+		}
+		if meta.IsStatusConditionTrue(vm.Status.Conditions, vendingv1alpha1.ConditionDegraded) {
+			degraded = append(degraded, vm.Name)
+		}
+		if vm.Status.TotalCoins != nil {
+			st.TotalCoins += *vm.Status.TotalCoins
+		}
+	}
+	slices.Sort(notReady)
+	slices.Sort(escalated)
+	slices.Sort(degraded)
+	st.Ready = fmt.Sprintf("%d/%d", st.ReadyMachines, replicas)
+	for _, e := range o.plan.History {
+		st.Escalations = append(st.Escalations, vendingv1alpha1.Escalation{Machine: e.Machine, Time: metav1.NewTime(e.Time), Reason: e.Reason})
+	}
+	st.EscalationCount = int32(len(st.Escalations))
+	policy := fleetPolicy(f)
+	maxRestarts := int(ptr.Deref(f.Spec.Template.Spec.Supervision.MaxRestarts, 10))
+	st.RestartBudget = int32(fleet.RestartBudget(maxRestarts, policy.MaxEscalations))
+
+	for _, c := range []metav1.Condition{
+		fleetReadyCondition(st, replicas, notReady),
+		fleetProgressingCondition(f, o, replicas),
+		fleetDegradedCondition(escalated, degraded),
+		fleetEscalatedCondition(o, policy, maxRestarts, st.RestartBudget),
+	} {
+		c.ObservedGeneration = f.Generation
+		meta.SetStatusCondition(&st.Conditions, c)
+	}
+	return st
+}
+
+func fleetReadyCondition(st vendingv1alpha1.VendingFleetStatus, replicas int32, notReady []string) metav1.Condition {
+	if st.ReadyMachines >= replicas && len(notReady) == 0 {
+		return metav1.Condition{Type: vendingv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonAllMachinesReady,
+			Message: fmt.Sprintf("%d of %d machines Ready", st.ReadyMachines, replicas)}
+	}
+	return metav1.Condition{Type: vendingv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonMachinesNotReady,
+		Message: fmt.Sprintf("%d of %d machines Ready; not ready: %s", st.ReadyMachines, replicas, list(notReady))}
+}
+
+func fleetProgressingCondition(f *vendingv1alpha1.VendingFleet, o *fleetObservation, replicas int32) metav1.Condition {
+	c := metav1.Condition{Type: vendingv1alpha1.ConditionProgressing}
+	switch {
+	case f.Spec.Paused:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, ReasonPaused, "spec.paused: the fleet acts on nothing"
+	case o.scaling || int32(len(o.machines)) != replicas:
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, ReasonScaling,
+			fmt.Sprintf("scaling from %d to %d machines", len(o.machines), replicas)
+	case o.step.Stalled:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, ReasonRolloutStalled, o.step.Message
+	case o.step.Done:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, ReasonUpToDate, o.step.Message
+	default:
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, ReasonRollingOut, o.step.Message
+	}
+	return c
+}
+
+func fleetDegradedCondition(escalated, degraded []string) metav1.Condition {
+	switch {
+	case len(escalated) > 0:
+		return metav1.Condition{Type: vendingv1alpha1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: ReasonMachinesEscalated,
+			Message: "escalated machines: " + list(escalated)}
+	case len(degraded) > 0:
+		return metav1.Condition{Type: vendingv1alpha1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: ReasonMachinesDegraded,
+			Message: "machines serving part of their menu: " + list(degraded)}
+	}
+	return metav1.Condition{Type: vendingv1alpha1.ConditionDegraded, Status: metav1.ConditionFalse, Reason: ReasonAllMachinesHealth,
+		Message: "no machine is escalated or degraded"}
+}
+
+func fleetEscalatedCondition(o *fleetObservation, p fleet.Policy, maxRestarts int, budget int32) metav1.Condition {
+	if o.plan.Escalated {
+		return metav1.Condition{Type: vendingv1alpha1.ConditionEscalated, Status: metav1.ConditionTrue, Reason: ReasonIntensityExceeded,
+			Message: o.plan.Message}
+	}
+	return metav1.Condition{Type: vendingv1alpha1.ConditionEscalated, Status: metav1.ConditionFalse, Reason: ReasonWithinIntensity,
+		Message: fmt.Sprintf("%d of %d escalations used within %v; a machine may restart %d times "+
+			"(%d per machine window × (%d fleet resets + 1)) before humans are asked",
+			len(o.plan.History), p.MaxEscalations, p.Window, budget, maxRestarts, p.MaxEscalations)}
+}
+
+func list(names []string) string {
+	if len(names) > 10 {
+		return strings.Join(names[:10], ", ") + fmt.Sprintf(" and %d more", len(names)-10)
+	}
+	return strings.Join(names, ", ")
+}

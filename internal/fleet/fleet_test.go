@@ -1,0 +1,178 @@
+package fleet
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+
+// machines makes n healthy machines f-0 ... f-(n-1); escalate marks some escalated.
+func machines(n int, escalate map[int]string) []Machine {
+	out := make([]Machine, n)
+	for i := range out {
+		out[i] = Machine{Index: i, Name: fmt.Sprintf("f-%d", i)}
+		if reason, ok := escalate[i]; ok {
+			out[i].Escalated, out[i].Reason = true, reason
+		}
+	}
+	return out
+}
+
+func resetNames(p Plan) []string {
+	out := make([]string, 0, len(p.Resets))
+	for _, r := range p.Resets {
+		name := r.Name
+		if r.Quarantine {
+			name += "!"
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+func TestDecide(t *testing.T) {
+	policy := func(s Strategy, max int) Policy {
+		return Policy{Strategy: s, MaxEscalations: max, Window: 10 * time.Minute}
+	}
+	old := func(ago time.Duration, machine string) []Escalation {
+		return []Escalation{{Machine: machine, Time: t0.Add(-ago), Reason: "Panic"}}
+	}
+	withHistory := func(ms []Machine, i int, h []Escalation) []Machine { ms[i].History = h; return ms }
+
+	tests := []struct {
+		name          string
+		policy        Policy
+		machines      []Machine
+		wantResets    []string // "!" marks a quarantine
+		wantEscalated bool
+		wantHistory   int
+	}{
+		{name: "nothing escalated: nothing to do",
+			policy: policy(OneForOne, 3), machines: machines(3, nil), wantHistory: 0},
+		{name: "OneForOne resets only the machine that escalated",
+			policy: policy(OneForOne, 3), machines: machines(3, map[int]string{1: "Panic"}),
+			wantResets: []string{"f-1"}, wantHistory: 1},
+		{name: "AllForOne resets every machine",
+			policy: policy(AllForOne, 3), machines: machines(3, map[int]string{1: "Panic"}),
+			wantResets: []string{"f-0", "f-1", "f-2"}, wantHistory: 1},
+		{name: "RestForOne resets the machine and those after it",
+			policy: policy(RestForOne, 3), machines: machines(4, map[int]string{1: "Panic"}),
+			wantResets: []string{"f-1", "f-2", "f-3"}, wantHistory: 1},
+		{name: "RestForOne starts at the first of several escalated machines",
+			policy: policy(RestForOne, 3), machines: machines(4, map[int]string{3: "Panic", 2: "Panic"}),
+			wantResets: []string{"f-2", "f-3"}, wantHistory: 2},
+		{name: "a corrupt log is quarantined, the others are reset on their logs",
+			policy: policy(AllForOne, 3), machines: machines(3, map[int]string{2: ReasonCorruptLog}),
+			wantResets: []string{"f-0", "f-1", "f-2!"}, wantHistory: 1},
+		{name: "within the intensity: the last escalation allowed is handled",
+			policy: policy(OneForOne, 3), machines: withHistory(machines(3, map[int]string{0: "Panic"}), 1,
+				append(old(time.Minute, "f-1"), old(2*time.Minute, "f-2")...)),
+			wantResets: []string{"f-0"}, wantHistory: 3},
+		{name: "past the intensity: the fleet escalates and resets nothing",
+			policy: policy(OneForOne, 2), machines: withHistory(machines(3, map[int]string{0: "Panic"}), 1,
+				append(old(time.Minute, "f-1"), old(2*time.Minute, "f-2")...)),
+			wantEscalated: true, wantHistory: 2},
+		{name: "escalations observed together are judged together",
+			policy: policy(OneForOne, 2), machines: withHistory(machines(3, map[int]string{0: "Panic", 2: "Panic"}), 1,
+				old(time.Minute, "f-1")),
+			wantEscalated: true, wantHistory: 1},
+		{name: "escalations older than the window are forgotten",
+			policy: policy(OneForOne, 1), machines: withHistory(machines(3, map[int]string{0: "Panic"}), 1,
+				old(11*time.Minute, "f-1")),
+			wantResets: []string{"f-0"}, wantHistory: 1},
+		{name: "intensity 0: every escalation goes to humans",
+			policy: policy(AllForOne, 0), machines: machines(2, map[int]string{0: "Panic"}),
+			wantEscalated: true, wantHistory: 0},
+		{name: "an AllForOne record on every machine counts once",
+			policy: policy(AllForOne, 2), machines: func() []Machine {
+				ms := machines(3, map[int]string{1: "Panic"})
+				for i := range ms {
+					ms[i].History = old(time.Minute, "f-0")
+				}
+				return ms
+			}(),
+			wantResets: []string{"f-0", "f-1", "f-2"}, wantHistory: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := Decide(tt.policy, tt.machines, t0)
+			if got := resetNames(p); !slices.Equal(got, tt.wantResets) {
+				t.Errorf("resets = %v, want %v", got, tt.wantResets)
+			}
+			if p.Escalated != tt.wantEscalated {
+				t.Errorf("escalated = %v, want %v (%s)", p.Escalated, tt.wantEscalated, p.Message)
+			}
+			if len(p.History) != tt.wantHistory {
+				t.Errorf("history = %v, want %d entries", p.History, tt.wantHistory)
+			}
+			if (len(p.Resets) > 0 || p.Escalated) && p.Message == "" {
+				t.Error("a plan that acts must say why")
+			}
+			for _, r := range p.Resets {
+				if len(r.History) == 0 || !r.History[len(r.History)-1].Time.Equal(t0) {
+					t.Errorf("reset %s records %v: want this escalation last", r.Name, r.History)
+				}
+			}
+		})
+	}
+}
+
+func TestDecideEscalationMessageNamesMachinesAndReasons(t *testing.T) {
+	p := Decide(Policy{Strategy: OneForOne, MaxEscalations: 0, Window: time.Minute},
+		machines(2, map[int]string{1: ReasonCorruptLog}), t0)
+	if !p.Escalated || !strings.Contains(p.Message, "f-1 (CorruptLog)") {
+		t.Fatalf("message %q should name f-1 and its reason", p.Message)
+	}
+}
+
+func TestRestartBudgetMultipliesAcrossLevels(t *testing.T) {
+	if got := RestartBudget(10, 3); got != 40 {
+		t.Fatalf("RestartBudget(10, 3) = %d, want 40: 10 restarts, then 3 fleet resets of 10 each", got)
+	}
+}
+
+func TestNextRollout(t *testing.T) {
+	deadline := 5 * time.Minute
+	m := func(i int, updated, ready bool, down time.Duration) RolloutMachine {
+		rm := RolloutMachine{Index: i, Name: fmt.Sprintf("f-%d", i), Updated: updated, Ready: ready}
+		if !ready {
+			rm.NotReadySince = t0.Add(-down)
+		}
+		return rm
+	}
+	tests := []struct {
+		name        string
+		machines    []RolloutMachine
+		wantRoll    string
+		wantDone    bool
+		wantStalled bool
+	}{
+		{name: "all updated: done", machines: []RolloutMachine{m(0, true, true, 0), m(1, true, true, 0)}, wantDone: true},
+		{name: "the first outdated machine goes first",
+			machines: []RolloutMachine{m(0, false, true, 0), m(1, false, true, 0)}, wantRoll: "f-0"},
+		{name: "one at a time: wait while an updated machine is not Ready",
+			machines: []RolloutMachine{m(0, true, false, time.Minute), m(1, false, true, 0)}},
+		{name: "next once the updated machine is Ready",
+			machines: []RolloutMachine{m(0, true, true, 0), m(1, false, true, 0), m(2, false, true, 0)}, wantRoll: "f-1"},
+		{name: "a machine that is down anyway goes first",
+			machines: []RolloutMachine{m(0, false, true, 0), m(1, false, true, 0), m(2, false, false, time.Hour)}, wantRoll: "f-2"},
+		{name: "an updated machine not Ready past the deadline stalls the rollout",
+			machines: []RolloutMachine{m(0, true, false, 6*time.Minute), m(1, false, true, 0)}, wantStalled: true},
+		{name: "no machines: done", wantDone: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := NextRollout(tt.machines, deadline, t0)
+			if s.Roll != tt.wantRoll || s.Done != tt.wantDone || s.Stalled != tt.wantStalled {
+				t.Errorf("step = %+v, want roll %q done %v stalled %v", s, tt.wantRoll, tt.wantDone, tt.wantStalled)
+			}
+			if s.Message == "" {
+				t.Error("every step says what it does")
+			}
+		})
+	}
+}
