@@ -68,8 +68,24 @@ test: manifests generate fmt vet controlplane ## Unit tests and the envtest suit
 	KUBEBUILDER_ASSETS="$(CONTROLPLANE_DIR)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: ## End-to-end suite against the cluster KUBECONFIG names.
+test-e2e: ## End-to-end suite against the cluster KUBECONFIG names (make local-up gives one).
 	go test -tags e2e -timeout 30m -v ./test/e2e/
+
+##@ Local cluster (a real node without Docker: containerd, kubelet, kube-proxy; root)
+
+LOCAL_KUBECONFIG ?= $(shell pwd)/.local-cluster/admin.kubeconfig
+
+.PHONY: local-up
+local-up: ## Start (or resume) the local cluster; prints its kubeconfig.
+	hack/local-cluster.sh up
+
+.PHONY: local-down
+local-down: ## Stop every process of the local cluster, unmount, remove its bridge and rules.
+	hack/local-cluster.sh down
+
+.PHONY: local-images
+local-images: ## Rebuild the operator and vending pod images and import them into the local cluster.
+	hack/local-cluster.sh images
 
 .PHONY: bench
 bench: ## Micro-benchmarks: the event log (group commit) and the vending pod (replay, start-to-ready).
