@@ -75,6 +75,10 @@ test-e2e: ## End-to-end suite against the cluster KUBECONFIG names (make local-u
 
 LOCAL_KUBECONFIG ?= $(shell pwd)/.local-cluster/admin.kubeconfig
 
+.PHONY: demo
+demo: manifests kustomize ## The talk's demo on a real node: local cluster (unless KUBECONFIG), operator, machine, customer.
+	hack/demo.sh
+
 .PHONY: local-up
 local-up: ## Start (or resume) the local cluster; prints its kubeconfig.
 	hack/local-cluster.sh up

@@ -26,12 +26,12 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/customer"
 )
 
 var (
@@ -68,7 +68,7 @@ func TestTheTalksThreeTests(t *testing.T) {
 	g := NewWithT(t)
 	vm := createMachine(t)
 	waitReady(g, vm)
-	m := machineClient{ns: vm.Namespace, service: vm.Name}
+	m := machineClient{customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}}
 
 	// Happy path: 2 coins, an Espresso.
 	g.Expect(m.post("v1/coins", `{"count":2}`, "")).To(HaveStatus(200))
@@ -86,7 +86,7 @@ func TestTheTalksThreeTests(t *testing.T) {
 	g.Expect(m.post("v1/faults/out-of-beans", "", "")).To(HaveStatus(202))
 	asked := time.Now()
 	first := m.post("v1/orders", `{"beverage":"Latte"}`, "latte-1")
-	g.Expect(first.code).NotTo(Equal(200), "the brew must fail: %s", first.body)
+	g.Expect(first.Code).NotTo(Equal(200), "the brew must fail: %s", first.Body)
 	g.Eventually(func() response { return m.post("v1/orders", `{"beverage":"Latte"}`, "latte-1") }).
 		Should(And(HaveStatus(200), HaveBody(ContainSubstring(`"Latte"`))))
 	t.Logf("the Latte arrived %v after it was ordered", time.Since(asked).Round(time.Millisecond))
@@ -101,7 +101,7 @@ func TestTheTalksThreeTests(t *testing.T) {
 
 	// Nothing acknowledged was lost: 2+1+1 coins in, two beverages paid for at 2 each.
 	var st contract.State
-	g.Expect(json.Unmarshal([]byte(m.get("v1/state").body), &st)).To(Succeed())
+	g.Expect(json.Unmarshal([]byte(m.get("v1/state").Body), &st)).To(Succeed())
 	g.Expect(st.TotalCoins).To(BeEquivalentTo(4))
 	g.Expect(st.Inserted).To(BeEquivalentTo(0))
 }
@@ -137,47 +137,23 @@ func waitReady(g Gomega, vm *vendingv1alpha1.VendingMachine) {
 	}).Should(Succeed())
 }
 
-// machineClient talks to a machine's Service through the API server's service proxy.
-type machineClient struct{ ns, service string }
+// machineClient is a customer of the machine, with the test's context.
+type machineClient struct{ c customer.Client }
 
-type response struct {
-	code int
-	body string
-}
+type response = customer.Response
 
 func (m machineClient) post(path, body, key string) response {
-	req := clientset.CoreV1().RESTClient().Post().Namespace(m.ns).Resource("services").
-		Name(m.service+":http").SubResource("proxy").Suffix(path).
-		SetHeader("Content-Type", "application/json").Body([]byte(body)).Timeout(10 * time.Second)
-	if key != "" {
-		req = req.SetHeader("Idempotency-Key", key)
-	}
-	return do(req.Do(context.Background()))
+	return m.c.Post(context.Background(), path, body, key)
 }
 
-func (m machineClient) get(path string) response {
-	return do(clientset.CoreV1().RESTClient().Get().Namespace(m.ns).Resource("services").
-		Name(m.service + ":http").SubResource("proxy").Suffix(path).Timeout(10 * time.Second).Do(context.Background()))
-}
-
-// do returns the pod's answer, or, when the proxy could not reach the pod (it is restarting),
-// the proxy's own status and error.
-func do(res rest.Result) response {
-	var code int
-	res.StatusCode(&code)
-	body, err := res.Raw()
-	if len(body) == 0 && err != nil {
-		body = []byte(err.Error())
-	}
-	return response{code: code, body: string(body)}
-}
+func (m machineClient) get(path string) response { return m.c.Get(context.Background(), path) }
 
 // HaveStatus matches a response's HTTP status.
 func HaveStatus(code int) OmegaMatcher {
-	return WithTransform(func(r response) int { return r.code }, Equal(code))
+	return WithTransform(func(r response) int { return r.Code }, Equal(code))
 }
 
 // HaveBody matches a response's body.
 func HaveBody(m OmegaMatcher) OmegaMatcher {
-	return WithTransform(func(r response) string { return r.body }, m)
+	return WithTransform(func(r response) string { return r.Body }, m)
 }
