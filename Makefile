@@ -68,8 +68,15 @@ test: manifests generate fmt vet controlplane ## Unit tests and the envtest suit
 	KUBEBUILDER_ASSETS="$(CONTROLPLANE_DIR)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: ## End-to-end suite against the cluster KUBECONFIG names (make local-up gives one).
-	go test -tags e2e -timeout 30m -v ./test/e2e/
+test-e2e: manifests kustomize ## End-to-end suite: against KUBECONFIG's cluster, or (unset) the local cluster, brought up and deployed.
+	@if [ -z "$$KUBECONFIG" ]; then \
+	  hack/local-cluster.sh up && export KUBECONFIG="$(LOCAL_KUBECONFIG)" && \
+	  $(MAKE) --no-print-directory install deploy >/dev/null && \
+	  "$(KUBECTL)" -n vending-operator-system rollout restart deploy/vending-operator-controller-manager && \
+	  "$(KUBECTL)" -n vending-operator-system rollout status deploy/vending-operator-controller-manager --timeout=180s && \
+	  export E2E_NODE_STOP="$(CURDIR)/hack/local-cluster.sh node-stop" E2E_NODE_START="$(CURDIR)/hack/local-cluster.sh node-start"; \
+	fi; \
+	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/
 
 ##@ Local cluster (a real node without Docker: containerd, kubelet, kube-proxy; root)
 

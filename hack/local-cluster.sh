@@ -7,7 +7,7 @@
 # Every byte stays on this machine: pods live in network namespaces on the bridge vending0,
 # pod and service ranges are never routed off it, and forwarding out of the pod range is dropped.
 #
-# Usage: hack/local-cluster.sh up|down|status
+# Usage: hack/local-cluster.sh up|down|status|images|node-stop|node-start
 #   up    idempotent; prints the kubeconfig and what it started. Logs in $STATE/logs.
 #   down  stops every process it started (by pid), unmounts, removes the bridge and the rules.
 # Stopping the kubelet (kill its pid) is a node loss; `up` again starts it: a node return.
@@ -245,8 +245,7 @@ up() {
   start containerd containerd --config "$STATE/containerd.toml"
   wait_for containerd 30 ctr -a "$STATE/run/containerd.sock" version
   images
-  start kubelet "$k/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
-    --hostname-override "$NODE" --node-ip "$BRIDGE_IP" --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki"
+  node_start
   start kube-proxy "$k/kube-proxy" --config "$STATE/kube-proxy.yaml"
   start provisioner "$root/bin/localcluster/provisioner" -kubeconfig "$STATE/admin.kubeconfig" \
     -dir "$STATE/volumes" -node "$NODE"
@@ -275,6 +274,10 @@ images() {
     "${IMG:-vendingfleet/vending-operator:dev}=$root/bin/manager" \
     "${VENDING_IMG:-vendingfleet/vendingpod:dev}=$root/bin/vendingpod" \
     "$SANDBOX_IMAGE=$root/bin/localcluster/pause")
+  if ! running containerd; then
+    log "built $(echo "$tars" | xargs -n1 basename | tr '\n' ' ')in bin/images (the local cluster is not up: not imported)"
+    return
+  fi
   for t in $tars; do
     ctr -a "$STATE/run/containerd.sock" -n k8s.io images import "$t" >/dev/null
   done
@@ -319,10 +322,18 @@ status() {
   done
 }
 
+# node-stop / node-start: the node's agent goes away (a node loss) and comes back.
+node_start() {
+  start kubelet "$bin/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
+    --hostname-override "$NODE" --node-ip "$BRIDGE_IP" --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki"
+}
+
 case "${1:-}" in
   up) up ;;
+  node-stop) stop kubelet ;;
+  node-start) node_start ;;
   down) down ;;
   status) status ;;
   images) images ;;
-  *) echo "usage: $0 up|down|status|images" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|images|node-stop|node-start" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/eventlog"
@@ -29,6 +30,8 @@ func main() {
 	flag.Uint64Var(&cfg.SnapshotEvery, "snapshot-every", 10000, "Write a snapshot every this many events (0: never).")
 	flag.Int64Var(&cfg.SegmentSize, "segment-size", eventlog.DefaultSegmentSize, "Start a new log segment past this many bytes.")
 	flag.IntVar(&cfg.MailboxSize, "mailbox-size", 1024, "Commands that may wait for the writer before requests get 503.")
+	flag.DurationVar(&cfg.LockWait, "lock-wait", 30*time.Second,
+		"How long to wait for another process to release the log before exiting with LogLocked.")
 	flag.BoolVar(&cfg.EnableFaults, "enable-faults", false, "Serve POST /v1/faults/out-of-beans (demos and tests).")
 	flag.StringVar(&cfg.TerminationMessagePath, "termination-message-path", contract.DefaultTerminationMessagePath,
 		"Where the failure's JSON termination message is written before the process exits.")

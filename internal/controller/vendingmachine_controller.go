@@ -173,7 +173,7 @@ func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object
 	if err := r.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	logf.FromContext(ctx).Info("Created "+obj.GetObjectKind().GroupVersionKind().Kind, "object", klogRef(obj))
+	logf.FromContext(ctx).Info(fmt.Sprintf("Created %T", obj), "object", klogRef(obj))
 	return nil
 }
 

@@ -34,6 +34,20 @@ func (c Client) Post(ctx context.Context, path, body, key string) Response {
 	return do(req.Do(ctx))
 }
 
+// PostUntil retries a post, with the same key, while the machine cannot answer it (a 5xx from
+// the machine or the proxy: it is restarting, or its Service has no ready endpoint yet), until
+// timeout. Without a key a retry is only safe when the first attempt cannot have been applied.
+func (c Client) PostUntil(ctx context.Context, path, body, key string, timeout time.Duration) Response {
+	deadline := time.Now().Add(timeout)
+	for {
+		r := c.Post(ctx, path, body, key)
+		if (r.Code != 0 && r.Code < 500) || time.Now().After(deadline) {
+			return r
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // Get reads a path.
 func (c Client) Get(ctx context.Context, path string) Response {
 	return do(c.proxy(c.Clientset.CoreV1().RESTClient().Get(), path).Do(ctx))

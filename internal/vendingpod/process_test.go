@@ -395,3 +395,34 @@ func TestCorruptLogRefusesToStart(t *testing.T) {
 	}
 	t.Logf("refused: %s", tm.Message)
 }
+
+// Two processes never write one log: a second one waits for the lock (a predecessor may still
+// be dying), then exits LogLocked; once the first dies within the wait, the second takes over.
+func TestLockedLogWaitsThenExits(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	first := startPod(t, dir)
+	first.must("POST", "/v1/coins", "k1", coinsRequest{Count: 3}, 200, nil)
+
+	term := filepath.Join(t.TempDir(), "termination-log")
+	start := time.Now()
+	err := exec.Command(binary, "--data-dir", dir, "--listen", freeAddr(t), "--termination-message-path", term,
+		"--lock-wait", "500ms").Run()
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) || exitErr.ExitCode() != contract.ExitLogLocked {
+		t.Fatalf("second writer: %v, want exit %d", err, contract.ExitLogLocked)
+	}
+	if waited := time.Since(start); waited < 500*time.Millisecond {
+		t.Fatalf("gave up after %v, before --lock-wait", waited)
+	}
+	var tm contract.TerminationMessage
+	raw, _ := os.ReadFile(term)
+	if err := json.Unmarshal(raw, &tm); err != nil || tm.Reason != contract.ReasonLogLocked {
+		t.Fatalf("termination message %q (%v), want LogLocked", raw, err)
+	}
+
+	go func() { time.Sleep(300 * time.Millisecond); first.kill() }()
+	second := startPod(t, dir, "--lock-wait", "10s")
+	if st := second.state(); st.TotalCoins != 3 {
+		t.Fatalf("the successor sees %d coins, want 3", st.TotalCoins)
+	}
+}

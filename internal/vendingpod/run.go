@@ -31,7 +31,11 @@ type Config struct {
 	MailboxSize            int
 	EnableFaults           bool
 	TerminationMessagePath string
-	Logger                 *slog.Logger
+	// LockWait is how long to wait for another process's lock on the log before exiting with
+	// LogLocked: a pod replaced in a hurry (deleted with no grace) may still be dying on the
+	// same node while its successor starts.
+	LockWait time.Duration
+	Logger   *slog.Logger
 	// Exit ends the process after a failure was reported; os.Exit unless a test replaces it.
 	Exit func(code int)
 }
@@ -172,6 +176,14 @@ func Run(cfg Config) error {
 	l, stats, err := eventlog.Open(cfg.DataDir, eventlog.Options{
 		SegmentSize: cfg.SegmentSize, Logger: logger, Metrics: logMetrics,
 	}, replayer{m})
+	for deadline := time.Now().Add(cfg.LockWait); errors.Is(err, eventlog.ErrLocked) && time.Now().Before(deadline); {
+		logger.Warn("The event log is locked by another process (a predecessor still dying?); waiting", "dir", cfg.DataDir)
+		time.Sleep(200 * time.Millisecond)
+		m = vending.New(cfg.Machine)
+		l, stats, err = eventlog.Open(cfg.DataDir, eventlog.Options{
+			SegmentSize: cfg.SegmentSize, Logger: logger, Metrics: logMetrics,
+		}, replayer{m})
+	}
 	if err != nil {
 		rep.fail(openFailure(err))
 		return err

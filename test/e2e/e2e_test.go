@@ -15,12 +15,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -66,28 +69,28 @@ func TestMain(m *testing.M) {
 // system failure that the supervisor heals while the customer waits for the Latte.
 func TestTheTalksThreeTests(t *testing.T) {
 	g := NewWithT(t)
-	vm := createMachine(t)
+	vm := createMachine(t, nil)
 	waitReady(g, vm)
 	m := machineClient{customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}}
 
 	// Happy path: 2 coins, an Espresso.
-	g.Expect(m.post("v1/coins", `{"count":2}`, "")).To(HaveStatus(200))
-	g.Expect(m.post("v1/orders", `{"beverage":"Espresso"}`, "")).To(And(HaveStatus(200), HaveBody(ContainSubstring(`"Espresso"`))))
+	g.Expect(m.post("v1/coins", `{"count":2}`, "coins-1")).To(HaveStatus(200))
+	g.Expect(m.post("v1/orders", `{"beverage":"Espresso"}`, "espresso-1")).To(And(HaveStatus(200), HaveBody(ContainSubstring(`"Espresso"`))))
 
 	// User error: 1 coin, a Latte: a validation error, not a failure; nothing changes.
-	g.Expect(m.post("v1/coins", `{"count":1}`, "")).To(HaveStatus(200))
-	g.Expect(m.post("v1/orders", `{"beverage":"Latte"}`, "")).To(And(HaveStatus(402),
+	g.Expect(m.post("v1/coins", `{"count":1}`, "coins-2")).To(HaveStatus(200))
+	g.Expect(m.post("v1/orders", `{"beverage":"Latte"}`, "latte-0")).To(And(HaveStatus(402),
 		HaveBody(ContainSubstring("Please insert [1] coins"))))
 
 	// System failure: 1 more coin, the beans run out, the Latte order crashes the machine. The
 	// supervisor restarts it, the log is replayed, and the customer's retry of the same order
 	// gets the Latte.
-	g.Expect(m.post("v1/coins", `{"count":1}`, "")).To(HaveStatus(200))
+	g.Expect(m.post("v1/coins", `{"count":1}`, "coins-3")).To(HaveStatus(200))
 	g.Expect(m.post("v1/faults/out-of-beans", "", "")).To(HaveStatus(202))
 	asked := time.Now()
-	first := m.post("v1/orders", `{"beverage":"Latte"}`, "latte-1")
+	first := m.c.Post(context.Background(), "v1/orders", `{"beverage":"Latte"}`, "latte-1")
 	g.Expect(first.Code).NotTo(Equal(200), "the brew must fail: %s", first.Body)
-	g.Eventually(func() response { return m.post("v1/orders", `{"beverage":"Latte"}`, "latte-1") }).
+	g.Eventually(func() response { return m.c.Post(context.Background(), "v1/orders", `{"beverage":"Latte"}`, "latte-1") }).
 		Should(And(HaveStatus(200), HaveBody(ContainSubstring(`"Latte"`))))
 	t.Logf("the Latte arrived %v after it was ordered", time.Since(asked).Round(time.Millisecond))
 
@@ -106,27 +109,69 @@ func TestTheTalksThreeTests(t *testing.T) {
 	g.Expect(st.Inserted).To(BeEquivalentTo(0))
 }
 
-func createMachine(t *testing.T) *vendingv1alpha1.VendingMachine {
+// createMachine creates a machine named coffee (faults enabled, its claim deleted with it) in
+// a namespace of its own, deleted after the test unless it failed and E2E_KEEP is set.
+func createMachine(t *testing.T, mutate func(*vendingv1alpha1.VendingMachine)) *vendingv1alpha1.VendingMachine {
 	t.Helper()
-	ctx := context.Background()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-"}}
-	if err := k8s.Create(ctx, ns); err != nil {
+	if err := k8s.Create(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			dump(t, ns.Name)
+		}
 		if !t.Failed() || os.Getenv("E2E_KEEP") == "" {
 			_ = k8s.Delete(context.Background(), ns)
 		}
 	})
+	return createMachineNamed(t, ns.Name, "coffee", mutate)
+}
+
+func createMachineNamed(t *testing.T, ns, name string, mutate func(*vendingv1alpha1.VendingMachine)) *vendingv1alpha1.VendingMachine {
+	t.Helper()
 	vm := &vendingv1alpha1.VendingMachine{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "coffee"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec:       vendingv1alpha1.VendingMachineSpec{EnableFaultInjection: true, Image: os.Getenv("E2E_VENDING_IMAGE")},
 	}
 	vm.Spec.Storage.WhenDeleted = vendingv1alpha1.DeletePVC
-	if err := k8s.Create(ctx, vm); err != nil {
+	if mutate != nil {
+		mutate(vm)
+	}
+	if err := k8s.Create(context.Background(), vm); err != nil {
 		t.Fatal(err)
 	}
 	return vm
+}
+
+// dump shows what a person would look at: the machines' describe, events, the operator's log.
+func dump(t *testing.T, ns string) {
+	kubectl := os.Getenv("KUBECTL")
+	if kubectl == "" {
+		kubectl = "../../bin/k8s/v1.37.2/kubectl"
+	}
+	for _, args := range [][]string{
+		{"-n", ns, "describe", "vendingmachines"},
+		{"-n", ns, "get", "events", "--sort-by=.lastTimestamp"},
+		{"-n", ns, "get", "pods,pvc", "-o", "wide"},
+		{"-n", "vending-operator-system", "logs", "deploy/vending-operator-controller-manager", "--tail=100"},
+	} {
+		out, _ := exec.Command(kubectl, args...).CombinedOutput()
+		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
+	}
+}
+
+// eventReasons lists the reasons of the events about the machine.
+func eventReasons(g Gomega, vm *vendingv1alpha1.VendingMachine) []string {
+	list := &eventsv1.EventList{}
+	g.Expect(k8s.List(context.Background(), list, client.InNamespace(vm.Namespace))).To(Succeed())
+	var out []string
+	for _, e := range list.Items {
+		if e.Regarding.Name == vm.Name && e.Regarding.Kind == "VendingMachine" {
+			out = append(out, e.Reason)
+		}
+	}
+	return out
 }
 
 func waitReady(g Gomega, vm *vendingv1alpha1.VendingMachine) {
@@ -142,8 +187,9 @@ type machineClient struct{ c customer.Client }
 
 type response = customer.Response
 
+// post waits out a machine that cannot answer yet (503 while its endpoint is not ready).
 func (m machineClient) post(path, body, key string) response {
-	return m.c.Post(context.Background(), path, body, key)
+	return m.c.PostUntil(context.Background(), path, body, key, 30*time.Second)
 }
 
 func (m machineClient) get(path string) response { return m.c.Get(context.Background(), path) }

@@ -1,0 +1,265 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/customer"
+)
+
+// ctrCommand is how the suite reaches the node's containerd to SIGKILL a container:
+// E2E_CTR (for kind: "docker exec kind-worker ctr"), or ctr on the local cluster's socket.
+func ctrCommand() []string {
+	if c := os.Getenv("E2E_CTR"); c != "" {
+		return strings.Fields(c)
+	}
+	return []string{"ctr", "-a", "../../.local-cluster/run/containerd.sock"}
+}
+
+// killContainer SIGKILLs the vending container of the machine's current pod, where it runs.
+func killContainer(g Gomega, vm *vendingv1alpha1.VendingMachine) string {
+	got := machine(g, vm)
+	pod := &corev1.Pod{}
+	g.Expect(k8s.Get(context.Background(), client.ObjectKey{Namespace: vm.Namespace, Name: got.Status.PodName}, pod)).To(Succeed())
+	g.Expect(pod.Status.ContainerStatuses).NotTo(BeEmpty())
+	id := pod.Status.ContainerStatuses[0].ContainerID
+	_, id, _ = strings.Cut(id, "://")
+	args := append(ctrCommand(), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id)
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	g.Expect(err).NotTo(HaveOccurred(), "%v: %s", args, out)
+	return pod.Name
+}
+
+func machine(g Gomega, vm *vendingv1alpha1.VendingMachine) *vendingv1alpha1.VendingMachine {
+	got := &vendingv1alpha1.VendingMachine{}
+	g.Expect(k8s.Get(context.Background(), client.ObjectKeyFromObject(vm), got)).To(Succeed())
+	return got
+}
+
+// waitRestarted waits until the machine runs a pod other than the one named, Ready.
+func waitRestarted(g Gomega, vm *vendingv1alpha1.VendingMachine, old string) {
+	g.Eventually(func(g Gomega) {
+		got := machine(g, vm)
+		g.Expect(got.Status.PodName).NotTo(Equal(old))
+		g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
+	}).Should(Succeed())
+}
+
+type ack struct {
+	key, path, body string
+	code            int
+	answer          string
+}
+
+// Pull the plug: customers insert coins and order with idempotency keys while the container is
+// SIGKILLed, the pod deleted, the operator restarted and the node's kubelet stopped and started.
+// Afterwards every acknowledged coin is in the machine's total, no order was dispensed twice,
+// every retry gets its first answer, and status and events tell what happened.
+func TestPullThePlug(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	vm := createMachine(t, func(vm *vendingv1alpha1.VendingMachine) {
+		vm.Spec.Supervision.MaxRestarts = ptr.To[int32](100)
+		vm.Spec.Inventory.Beans = 100000
+	})
+	waitReady(g, vm)
+	c := customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}
+
+	var mu sync.Mutex
+	var acks []ack
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for n := range 3 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(n), 1))
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				a := ack{key: fmt.Sprintf("c%d-%d", n, i), path: "v1/coins", body: fmt.Sprintf(`{"count":%d}`, 1+rng.IntN(3))}
+				if i%3 == 2 {
+					a.path, a.body = "v1/orders", `{"beverage":"Espresso"}`
+				}
+				for giveUp := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+					r := c.Post(ctx, a.path, a.body, a.key)
+					if r.Code != 0 && r.Code < 500 {
+						a.code, a.answer = r.Code, r.Body
+						break
+					}
+					if time.Now().After(giveUp) {
+						t.Errorf("%s: no answer in 90 s: %d %s", a.key, r.Code, r.Body)
+						return
+					}
+				}
+				mu.Lock()
+				acks = append(acks, a)
+				mu.Unlock()
+			}
+		})
+	}
+
+	chaos := []struct {
+		what string
+		do   func()
+	}{
+		{"SIGKILL the container", func() { waitRestarted(g, vm, killContainer(g, vm)) }},
+		{"SIGKILL it again", func() { waitRestarted(g, vm, killContainer(g, vm)) }},
+		{"delete the pod", func() {
+			old := machine(g, vm).Status.PodName
+			g.Expect(k8s.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: vm.Namespace, Name: old}},
+				client.GracePeriodSeconds(0))).To(Succeed())
+			waitRestarted(g, vm, old)
+		}},
+		{"restart the operator", func() {
+			g.Expect(k8s.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace("vending-operator-system"),
+				client.MatchingLabels{"control-plane": "controller-manager"})).To(Succeed())
+			waitRestarted(g, vm, killContainer(g, vm))
+		}},
+	}
+	if stopNode, startNode := os.Getenv("E2E_NODE_STOP"), os.Getenv("E2E_NODE_START"); stopNode != "" && startNode != "" {
+		chaos = append(chaos, struct {
+			what string
+			do   func()
+		}{"stop and start the node's kubelet, then SIGKILL", func() {
+			g.Expect(exec.Command("sh", "-c", stopNode).Run()).To(Succeed())
+			time.Sleep(3 * time.Second)
+			g.Expect(exec.Command("sh", "-c", startNode).Run()).To(Succeed())
+			waitReady(g, vm)
+			waitRestarted(g, vm, killContainer(g, vm))
+		}})
+	} else {
+		t.Log("E2E_NODE_STOP/E2E_NODE_START not set: the node is not stopped (make test-e2e sets them for the local cluster)")
+	}
+	for _, step := range chaos {
+		time.Sleep(time.Duration(500+rand.IntN(1500)) * time.Millisecond)
+		t.Logf("chaos: %s", step.what)
+		step.do()
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+
+	// Every acknowledged answer stands: a retry with its key returns it, and the totals add up.
+	var coins, change int64
+	orders := 0
+	for _, a := range acks {
+		r := c.Post(ctx, a.path, a.body, a.key)
+		g.Expect(r.Code).To(Equal(a.code), "retry of %s: %s, first answer %s", a.key, r.Body, a.answer)
+		switch {
+		case a.path == "v1/coins" && a.code == 200:
+			var n struct{ Count int64 }
+			_ = json.Unmarshal([]byte(a.body), &n)
+			coins += n.Count
+		case a.path == "v1/orders" && a.code == 200:
+			var o struct{ Change int64 }
+			_ = json.Unmarshal([]byte(a.answer), &o)
+			change += o.Change
+			orders++
+		}
+	}
+	var st contract.State
+	g.Expect(json.Unmarshal([]byte(c.Get(ctx, "v1/state").Body), &st)).To(Succeed())
+	g.Expect(st.TotalCoins).To(Equal(coins-change), "every acknowledged coin is in the machine, less the change given")
+	g.Expect(st.Dispensed["Espresso"]).To(BeEquivalentTo(orders), "each paid order dispensed exactly once")
+	t.Logf("%d acknowledged requests, %d coins, %d orders, through %d chaos steps", len(acks), coins, orders, len(chaos))
+
+	got := machine(g, vm)
+	g.Expect(got.Status.Restarts).To(BeNumerically(">=", 4))
+	g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
+	g.Expect(eventReasons(g, vm)).To(ContainElements("Restarted", "Recreated", "Recovered"))
+}
+
+// Persistent failure: a reason the decider does not restart, and a crash loop past maxRestarts
+// within the window, both end Escalated with no further restarts.
+func TestPersistentFailuresEscalate(t *testing.T) {
+	g := NewWithT(t)
+	vm := createMachine(t, func(vm *vendingv1alpha1.VendingMachine) {
+		vm.Spec.Supervision.MaxRestarts = ptr.To[int32](2)
+		vm.Spec.Supervision.Decider = []vendingv1alpha1.DeciderRule{{Reason: contract.ReasonOutOfCoffeeBeans, Action: vendingv1alpha1.ActionRestart}}
+	})
+	waitReady(g, vm)
+	c := customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}
+	// A crash loop: the beans run out at every brew.
+	for i := range 3 {
+		waitReady(g, vm)
+		g.Expect(c.PostUntil(context.Background(), "v1/coins", `{"count":2}`, fmt.Sprintf("loop-coins-%d", i), time.Minute)).
+			To(HaveStatus(200))
+		g.Expect(c.PostUntil(context.Background(), "v1/faults/out-of-beans", "", "", time.Minute)).To(HaveStatus(202))
+		c.Post(context.Background(), "v1/orders", `{"beverage":"Espresso"}`, fmt.Sprintf("loop-order-%d", i))
+	}
+	g.Eventually(func(g Gomega) {
+		got := machine(g, vm)
+		g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseEscalated))
+		g.Expect(got.Status.Restarts).To(BeEquivalentTo(2))
+	}).Should(Succeed())
+	g.Consistently(func() int32 { return machine(g, vm).Status.Restarts }, 3*time.Second).Should(BeEquivalentTo(2))
+	g.Expect(eventReasons(g, vm)).To(ContainElement("Escalated"))
+
+	// A reason the decider does not know (SIGKILL is Killed, not listed here) escalates at once.
+	other := createMachineNamed(t, vm.Namespace, "killed", func(vm *vendingv1alpha1.VendingMachine) {
+		vm.Spec.Supervision.Decider = []vendingv1alpha1.DeciderRule{{Reason: contract.ReasonOutOfCoffeeBeans, Action: vendingv1alpha1.ActionRestart}}
+	})
+	waitReady(g, other)
+	killContainer(g, other)
+	g.Eventually(func(g Gomega) {
+		got := machine(g, other)
+		g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseEscalated))
+		g.Expect(got.Status.LastFailure.Reason).To(Equal(contract.ReasonKilled))
+		g.Expect(got.Status.Restarts).To(BeEquivalentTo(0))
+	}).Should(Succeed())
+}
+
+// Bad input changes nothing: a spec CEL refuses, and bad requests to a machine.
+func TestBadInputChangesNothing(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	vm := createMachine(t, func(vm *vendingv1alpha1.VendingMachine) { vm.Spec.EnableFaultInjection = false })
+	bad := &vendingv1alpha1.VendingMachine{ObjectMeta: metav1.ObjectMeta{Namespace: vm.Namespace, Name: "bad"}}
+	bad.Spec.Supervision.Window = &metav1.Duration{}
+	err := k8s.Create(ctx, bad)
+	g.Expect(err).To(MatchError(ContainSubstring("supervision.window must be greater than 0s")))
+
+	waitReady(g, vm)
+	c := customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}
+	g.Expect(c.PostUntil(ctx, "v1/coins", `{"count":1}`, "first", time.Minute)).To(HaveStatus(200))
+	before := c.Get(ctx, "v1/state").Body
+	for _, r := range []struct{ path, body string }{
+		{"v1/coins", `{"count":0}`},
+		{"v1/coins", `{"count":-3}`},
+		{"v1/coins", `{"count":"two"}`},
+		{"v1/coins", `{"count":1,"extra":true}`},
+		{"v1/coins", `not json`},
+		{"v1/orders", `{"beverage":"Mocha"}`},
+		{"v1/faults/out-of-beans", ``}, // faults are off on this machine
+	} {
+		resp := c.Post(ctx, r.path, r.body, "")
+		g.Expect(resp.Code).To(BeNumerically(">=", 400), "%s %s", r.path, r.body)
+		g.Expect(resp.Code).To(BeNumerically("<", 500), "%s %s: %s", r.path, r.body, resp.Body)
+		g.Expect(resp.Body).To(ContainSubstring(`"error"`))
+	}
+	g.Expect(c.Get(ctx, "v1/state").Body).To(Equal(before))
+}
