@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -158,4 +159,74 @@ func TestFleetHealsOneMachineAndRollsUnderLoad(t *testing.T) {
 		g.Expect(st.Menu).To(HaveKeyWithValue("Espresso", BeEquivalentTo(3)), "machine %s runs the new template", m)
 	}
 	t.Logf("rolled 3 machines under load: %v coins acknowledged, none lost", load.coins)
+}
+
+// Stopping the node's agent (a node loss) moves nothing that must not move: the machines'
+// pods, the single writers of their logs, are neither replaced nor duplicated while the node
+// is unreachable, the fleet escalates nothing, and when the node returns every machine is
+// Ready again on the same pod with every acknowledged coin.
+func TestFleetNodeLossMovesNothing(t *testing.T) {
+	stopNode, startNode := os.Getenv("E2E_NODE_STOP"), os.Getenv("E2E_NODE_START")
+	if stopNode == "" || startNode == "" {
+		t.Skip("E2E_NODE_STOP/E2E_NODE_START not set: this cluster's node agent cannot be stopped from here " +
+			"(make test-e2e sets them for the local cluster)")
+	}
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-node-"}}
+	g.Expect(k8s.Create(ctx, ns)).To(Succeed())
+	t.Cleanup(func() {
+		if t.Failed() {
+			dump(t, ns.Name)
+		}
+		_ = exec.Command("sh", "-c", startNode).Run()
+		if !t.Failed() || os.Getenv("E2E_KEEP") == "" {
+			_ = k8s.Delete(context.Background(), ns)
+		}
+	})
+	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "lobby"}}
+	f.Spec.Replicas = ptr.To[int32](2)
+	f.Spec.Template.Spec.Storage.WhenDeleted = vendingv1alpha1.DeletePVC
+	g.Expect(k8s.Create(ctx, f)).To(Succeed())
+	g.Eventually(func(g Gomega) { g.Expect(fleetStatus(g, f).Status.ReadyMachines).To(BeEquivalentTo(2)) }).Should(Succeed())
+	names := []string{"lobby-0", "lobby-1"}
+	pods := map[string]string{}
+	for _, m := range names {
+		c := customer.Client{Clientset: clientset, Namespace: ns.Name, Service: m}
+		g.Expect(c.PostUntil(ctx, "v1/coins", `{"count":5}`, "before-"+m, time.Minute)).To(HaveStatus(200))
+		vm := &vendingv1alpha1.VendingMachine{}
+		g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: m}, vm)).To(Succeed())
+		pods[m] = vm.Status.PodName
+	}
+
+	g.Expect(exec.Command("sh", "-c", stopNode).Run()).To(Succeed())
+	t.Log("node agent stopped; waiting for the node to be seen lost")
+	g.Eventually(func(g Gomega) {
+		got := fleetStatus(g, f)
+		g.Expect(got.Status.ReadyMachines).To(BeEquivalentTo(0), "the machines on the lost node are not Ready")
+	}).WithTimeout(3 * time.Minute).Should(Succeed())
+	g.Consistently(func(g Gomega) {
+		list := &corev1.PodList{}
+		g.Expect(k8s.List(ctx, list, client.InNamespace(ns.Name))).To(Succeed())
+		g.Expect(list.Items).To(HaveLen(2), "no pod is added while the old ones may still be writing")
+		for _, p := range list.Items {
+			g.Expect(p.Name).To(BeElementOf(pods["lobby-0"], pods["lobby-1"]))
+		}
+		g.Expect(fleetStatus(g, f).Status.EscalationCount).To(BeZero())
+	}, 10*time.Second).Should(Succeed())
+
+	g.Expect(exec.Command("sh", "-c", startNode).Run()).To(Succeed())
+	t.Log("node agent started again")
+	g.Eventually(func(g Gomega) { g.Expect(fleetStatus(g, f).Status.ReadyMachines).To(BeEquivalentTo(2)) }).
+		WithTimeout(3 * time.Minute).Should(Succeed())
+	for _, m := range names {
+		vm := &vendingv1alpha1.VendingMachine{}
+		g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: m}, vm)).To(Succeed())
+		g.Expect(vm.Status.PodName).To(Equal(pods[m]), "machine %s still runs on its pod", m)
+		var st contract.State
+		c := customer.Client{Clientset: clientset, Namespace: ns.Name, Service: m}
+		g.Expect(c.PostUntil(ctx, "v1/coins", `{"count":1}`, "after-"+m, time.Minute)).To(HaveStatus(200))
+		g.Expect(json.Unmarshal([]byte(c.Get(ctx, "v1/state").Body), &st)).To(Succeed())
+		g.Expect(st.TotalCoins).To(BeEquivalentTo(6))
+	}
 }
