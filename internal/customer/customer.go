@@ -48,6 +48,18 @@ func (c Client) PostUntil(ctx context.Context, path, body, key string, timeout t
 	}
 }
 
+// GetUntil retries a read while the machine cannot answer it, until timeout.
+func (c Client) GetUntil(ctx context.Context, path string, timeout time.Duration) Response {
+	deadline := time.Now().Add(timeout)
+	for {
+		r := c.Get(ctx, path)
+		if (r.Code != 0 && r.Code < 500) || time.Now().After(deadline) {
+			return r
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // Get reads a path.
 func (c Client) Get(ctx context.Context, path string) Response {
 	return do(c.proxy(c.Clientset.CoreV1().RESTClient().Get(), path).Do(ctx))

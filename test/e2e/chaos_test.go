@@ -167,7 +167,7 @@ func TestPullThePlug(t *testing.T) {
 	var coins, change int64
 	orders := 0
 	for _, a := range acks {
-		r := c.Post(ctx, a.path, a.body, a.key)
+		r := c.PostUntil(ctx, a.path, a.body, a.key, time.Minute)
 		g.Expect(r.Code).To(Equal(a.code), "retry of %s: %s, first answer %s", a.key, r.Body, a.answer)
 		switch {
 		case a.path == "v1/coins" && a.code == 200:
@@ -182,7 +182,7 @@ func TestPullThePlug(t *testing.T) {
 		}
 	}
 	var st contract.State
-	g.Expect(json.Unmarshal([]byte(c.Get(ctx, "v1/state").Body), &st)).To(Succeed())
+	g.Expect(json.Unmarshal([]byte(state(g, c)), &st)).To(Succeed())
 	g.Expect(st.TotalCoins).To(Equal(coins-change), "every acknowledged coin is in the machine, less the change given")
 	g.Expect(st.Dispensed["Espresso"]).To(BeEquivalentTo(orders), "each paid order dispensed exactly once")
 	t.Logf("%d acknowledged requests, %d coins, %d orders, through %d chaos steps", len(acks), coins, orders, len(chaos))
@@ -246,7 +246,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	waitReady(g, vm)
 	c := customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}
 	g.Expect(c.PostUntil(ctx, "v1/coins", `{"count":1}`, "first", time.Minute)).To(HaveStatus(200))
-	before := c.Get(ctx, "v1/state").Body
+	before := state(g, c)
 	for _, r := range []struct{ path, body string }{
 		{"v1/coins", `{"count":0}`},
 		{"v1/coins", `{"count":-3}`},
@@ -256,10 +256,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"v1/orders", `{"beverage":"Mocha"}`},
 		{"v1/faults/out-of-beans", ``}, // faults are off on this machine
 	} {
-		resp := c.Post(ctx, r.path, r.body, "")
+		resp := c.PostUntil(ctx, r.path, r.body, "", time.Minute) // 4xx at once; 503 while the endpoint is not ready
 		g.Expect(resp.Code).To(BeNumerically(">=", 400), "%s %s", r.path, r.body)
 		g.Expect(resp.Code).To(BeNumerically("<", 500), "%s %s: %s", r.path, r.body, resp.Body)
 		g.Expect(resp.Body).To(ContainSubstring(`"error"`))
 	}
-	g.Expect(c.Get(ctx, "v1/state").Body).To(Equal(before))
+	g.Expect(state(g, c)).To(Equal(before))
 }

@@ -104,7 +104,7 @@ func TestTheTalksThreeTests(t *testing.T) {
 
 	// Nothing acknowledged was lost: 2+1+1 coins in, two beverages paid for at 2 each.
 	var st contract.State
-	g.Expect(json.Unmarshal([]byte(m.get("v1/state").Body), &st)).To(Succeed())
+	g.Expect(json.Unmarshal([]byte(state(g, m.c)), &st)).To(Succeed())
 	g.Expect(st.TotalCoins).To(BeEquivalentTo(4))
 	g.Expect(st.Inserted).To(BeEquivalentTo(0))
 }
@@ -193,6 +193,13 @@ func (m machineClient) post(path, body, key string) response {
 }
 
 func (m machineClient) get(path string) response { return m.c.Get(context.Background(), path) }
+
+// state reads GET /v1/state, waiting out a machine whose endpoint is not ready yet.
+func state(g Gomega, c customer.Client) string {
+	r := c.GetUntil(context.Background(), "v1/state", time.Minute)
+	g.Expect(r.Code).To(Equal(200), "GET /v1/state: %s", r.Body)
+	return r.Body
+}
 
 // HaveStatus matches a response's HTTP status.
 func HaveStatus(code int) OmegaMatcher {

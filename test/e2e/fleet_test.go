@@ -135,7 +135,7 @@ func TestFleetHealsOneMachineAndRollsUnderLoad(t *testing.T) {
 	for _, m := range names {
 		var st contract.State
 		c := customer.Client{Clientset: clientset, Namespace: ns.Name, Service: m}
-		g.Expect(json.Unmarshal([]byte(c.Get(ctx, "v1/state").Body), &st)).To(Succeed())
+		g.Expect(json.Unmarshal([]byte(state(g, c)), &st)).To(Succeed())
 		before[m] = st.TotalCoins
 	}
 	load := startCustomers(ctx, ns.Name, "roll", names, true)
@@ -154,7 +154,7 @@ func TestFleetHealsOneMachineAndRollsUnderLoad(t *testing.T) {
 		var st contract.State
 		c := customer.Client{Clientset: clientset, Namespace: ns.Name, Service: m}
 		g.Expect(json.Unmarshal([]byte(c.PostUntil(ctx, "v1/coins", `{"count":1}`, "final-"+m, time.Minute).Body), &struct{}{})).To(Succeed())
-		g.Expect(json.Unmarshal([]byte(c.Get(ctx, "v1/state").Body), &st)).To(Succeed())
+		g.Expect(json.Unmarshal([]byte(state(g, c)), &st)).To(Succeed())
 		g.Expect(st.TotalCoins).To(Equal(before[m]+load.coins[m]+1), "machine %s lost acknowledged coins in the rollout", m)
 		g.Expect(st.Menu).To(HaveKeyWithValue("Espresso", BeEquivalentTo(3)), "machine %s runs the new template", m)
 	}
@@ -226,7 +226,7 @@ func TestFleetNodeLossMovesNothing(t *testing.T) {
 		var st contract.State
 		c := customer.Client{Clientset: clientset, Namespace: ns.Name, Service: m}
 		g.Expect(c.PostUntil(ctx, "v1/coins", `{"count":1}`, "after-"+m, time.Minute)).To(HaveStatus(200))
-		g.Expect(json.Unmarshal([]byte(c.Get(ctx, "v1/state").Body), &st)).To(Succeed())
+		g.Expect(json.Unmarshal([]byte(state(g, c)), &st)).To(Succeed())
 		g.Expect(st.TotalCoins).To(BeEquivalentTo(6))
 	}
 }
