@@ -145,8 +145,15 @@ func TestFleetHealsOneMachineAndRollsUnderLoad(t *testing.T) {
 	g.Expect(k8s.Patch(ctx, got, patch)).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		st := fleetStatus(g, f)
+		g.Expect(st.Status.ObservedGeneration).To(Equal(st.Generation))
 		g.Expect(st.Status.UpdatedMachines).To(BeEquivalentTo(3))
 		g.Expect(st.Status.ReadyMachines).To(BeEquivalentTo(3))
+		for _, m := range names { // and every machine serves the new menu (its pod was replaced)
+			var state contract.State
+			c := customer.Client{Clientset: clientset, Namespace: ns.Name, Service: m}
+			g.Expect(json.Unmarshal([]byte(c.Get(ctx, "v1/state").Body), &state)).To(Succeed())
+			g.Expect(state.Menu).To(HaveKeyWithValue("Espresso", BeEquivalentTo(3)), "machine %s", m)
+		}
 	}).WithTimeout(5 * time.Minute).Should(Succeed())
 	time.Sleep(time.Second)
 	load.halt()
