@@ -12,11 +12,6 @@ import (
 	"os"
 	"time"
 
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
@@ -35,18 +30,7 @@ func main() {
 
 func run(ns, name string) error {
 	ctx := context.Background()
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(vendingv1alpha1.AddToScheme(scheme))
-	cfg, err := ctrl.GetConfig()
-	if err != nil {
-		return err
-	}
-	k8s, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		return err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	k8s, cs, err := customer.Connect()
 	if err != nil {
 		return err
 	}

@@ -25,11 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
@@ -39,23 +35,15 @@ import (
 
 var (
 	k8s       client.Client
-	clientset *kubernetes.Clientset
+	clientset kubernetes.Interface
 )
 
 func TestMain(m *testing.M) {
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(vendingv1alpha1.AddToScheme(scheme))
-	cfg, err := ctrl.GetConfig()
-	if err != nil {
+	var err error
+	if k8s, clientset, err = customer.Connect(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: no cluster: set KUBECONFIG (or run make local-up / a kind cluster):", err)
 		os.Exit(1)
 	}
-	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		os.Exit(1)
-	}
-	clientset = kubernetes.NewForConfigOrDie(cfg)
 	if err := k8s.List(context.Background(), &vendingv1alpha1.VendingMachineList{}, client.Limit(1)); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: the VendingMachine API is not served here: run make install deploy:", err)
 		os.Exit(1)
@@ -191,8 +179,6 @@ type response = customer.Response
 func (m machineClient) post(path, body, key string) response {
 	return m.c.PostUntil(context.Background(), path, body, key, 30*time.Second)
 }
-
-func (m machineClient) get(path string) response { return m.c.Get(context.Background(), path) }
 
 // state reads GET /v1/state, waiting out a machine whose endpoint is not ready yet.
 func state(g Gomega, c customer.Client) string {
