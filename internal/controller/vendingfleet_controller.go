@@ -198,7 +198,21 @@ func (r *VendingFleetReconciler) reset(ctx context.Context, f *vendingv1alpha1.V
 		return nil
 	}
 	token := "fleet-" + strconv.FormatInt(now.UnixNano(), 36)
-	for _, rs := range o.plan.Resets {
+	// The escalated machines go first: their Update is the guard against a stale cache (a
+	// conflict if the escalation was already handled), so it must fail before any healthy
+	// machine of an AllForOne or RestForOne plan is reset a second time.
+	resets := slices.Clone(o.plan.Resets)
+	slices.SortStableFunc(resets, func(a, b fleet.Reset) int {
+		ea, eb := machineEscalated(o.machines[a.Index]), machineEscalated(o.machines[b.Index])
+		switch {
+		case ea && !eb:
+			return -1
+		case eb && !ea:
+			return 1
+		}
+		return 0
+	})
+	for _, rs := range resets {
 		vm := o.machines[rs.Index]
 		if rs.Quarantine {
 			if err := r.quarantine(ctx, f, vm, now); err != nil {
