@@ -126,8 +126,9 @@ func DecodeEvent(b []byte) (*Event, error) {
 }
 
 // snapshotVersion changes whenever the snapshot layout does. Version 2 added the refusals of
-// keyed selections to the key records; version 1 snapshots are still read.
-const snapshotVersion = 2
+// keyed selections to the key records; version 3 added what retention needs: each dispensed
+// order's dispense sequence and the horizon of expired orders. Versions 1 and 2 are still read.
+const snapshotVersion = 3
 
 // AppendSnapshot appends the whole state (orders, coins, idempotency keys) to b, in a
 // deterministic order.
@@ -138,6 +139,7 @@ func (m *Machine) AppendSnapshot(b []byte) []byte {
 	for _, v := range []int64{s.Inserted, s.TotalCoins, s.Beans, s.Milk} {
 		b = binary.AppendVarint(b, v)
 	}
+	b = binary.AppendUvarint(b, s.ExpiredThrough)
 	ids := make([]string, 0, len(s.Orders))
 	for id := range s.Orders {
 		ids = append(ids, id)
@@ -153,6 +155,7 @@ func (m *Machine) AppendSnapshot(b []byte) []byte {
 		b = appendBool(b, o.UsesMilk)
 		b = appendBool(b, o.Status == OrderDispensed)
 		b = binary.AppendUvarint(b, o.Seq)
+		b = binary.AppendUvarint(b, o.DoneSeq)
 	}
 	bevs := make([]string, 0, len(s.Dispensed))
 	for k := range s.Dispensed {
@@ -189,13 +192,16 @@ func (m *Machine) AppendSnapshot(b []byte) []byte {
 func (m *Machine) RestoreSnapshot(b []byte) error {
 	d := decoder{b: b}
 	version := d.byte()
-	if version != 1 && version != snapshotVersion && d.err == nil {
-		return fmt.Errorf("%w: snapshot version %d, want 1 or %d", ErrBadEncoding, version, snapshotVersion)
+	if (version < 1 || version > snapshotVersion) && d.err == nil {
+		return fmt.Errorf("%w: snapshot version %d, want 1 to %d", ErrBadEncoding, version, snapshotVersion)
 	}
 	s := State{Orders: map[string]*Order{}, Dispensed: map[string]int64{}, keys: map[string]keyRecord{},
 		pending: map[string]*Order{}}
 	s.Seq = d.uvarint()
 	s.Inserted, s.TotalCoins, s.Beans, s.Milk = d.varint(), d.varint(), d.varint(), d.varint()
+	if version >= 3 {
+		s.ExpiredThrough = d.uvarint()
+	}
 	for n := d.count(); n > 0 && d.err == nil; n-- {
 		o := &Order{ID: d.string(), Beverage: d.string(), Price: d.varint(), Change: d.varint(), UsesMilk: d.bool()}
 		o.Status = OrderPending
@@ -203,6 +209,14 @@ func (m *Machine) RestoreSnapshot(b []byte) error {
 			o.Status = OrderDispensed
 		}
 		o.Seq = d.uvarint()
+		switch {
+		case version >= 3:
+			o.DoneSeq = d.uvarint()
+		case o.Status == OrderDispensed:
+			// Before version 3: orders were dispensed in the order they were placed (the single
+			// writer brews each order right after placing it, and pending ones before serving).
+			o.DoneSeq = o.Seq
+		}
 		s.Orders[o.ID] = o
 		if o.Status == OrderPending {
 			s.pending[o.ID] = o
@@ -224,6 +238,7 @@ func (m *Machine) RestoreSnapshot(b []byte) error {
 		return err
 	}
 	m.st = s
+	m.rebuildQueues()
 	return nil
 }
 

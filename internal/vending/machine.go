@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 )
 
 // MaxCoinsPerInsert bounds one insert: a real coin slot takes a handful at a time, and an
@@ -28,7 +30,27 @@ type Config struct {
 	Menu         map[string]Item
 	BeanCapacity int64
 	MilkCapacity int64
+	Retention    Retention
 }
+
+// Retention bounds what the machine remembers of finished work, so that its state, its
+// snapshots and its replay stay bounded however long it serves. It is counted in events, never
+// in wall-clock time: eviction happens inside Apply, in sequence order, so a replay of the same
+// log with the same retention rebuilds exactly the state the live machine had. Pending orders
+// are never evicted. Zero keeps everything (the behaviour before retention existed).
+type Retention struct {
+	// Keys is how many idempotency keys are remembered: the most recently recorded ones. A
+	// retry with a key older than that runs as a new request.
+	Keys int
+	// Orders is how many dispensed orders are remembered: the most recently dispensed ones.
+	// An older order id answers OrderExpired, not UnknownOrder.
+	Orders int
+}
+
+// DefaultRetention keeps the last 100,000 keys and dispensed orders: a few days of a busy
+// machine, and about 35 MiB of heap and 8 MiB of snapshot (BENCHMARKS.md), well inside the
+// pod's 256 MiB memory limit.
+var DefaultRetention = Retention{Keys: 100_000, Orders: 100_000}
 
 // DefaultConfig is the talk's machine: three beverages at 2 coins.
 func DefaultConfig() Config {
@@ -56,6 +78,9 @@ func (c Config) Validate() error {
 	if c.BeanCapacity <= 0 || c.MilkCapacity < 0 {
 		return errors.New("vending: bean capacity must be > 0 and milk capacity >= 0")
 	}
+	if c.Retention.Keys < 0 || c.Retention.Orders < 0 {
+		return errors.New("vending: retention counts must be >= 0 (0: keep everything)")
+	}
 	return nil
 }
 
@@ -77,6 +102,9 @@ const (
 	RejectKeyReused       = "IdempotencyKeyReused"
 	RejectBadKey          = "InvalidIdempotencyKey"
 	RejectUnknownOrder    = "UnknownOrder"
+	// RejectOrderExpired: the order was dispensed and is past the retention horizon; the
+	// machine no longer knows its details. It is not "unknown": something was done.
+	RejectOrderExpired = "OrderExpired"
 )
 
 func reject(reason, format string, args ...any) *Rejection {
@@ -105,6 +133,7 @@ type Order struct {
 	UsesMilk bool
 	Status   OrderStatus
 	Seq      uint64 // sequence of the OrderPlaced event
+	DoneSeq  uint64 // sequence of the BeverageDispensed event (0: pending): retention's order
 }
 
 // keyRecord is what an idempotency key did the first time, so that a retry returns it.
@@ -114,7 +143,7 @@ type keyRecord struct {
 	Inserted int64  // CoinsInserted: coins inserted after it
 	Seq      uint64 // the event's sequence
 	OrderID  string // OrderPlaced
-	Beverage string // OrderRejected: what was asked for, and the answer
+	Beverage string // OrderPlaced, OrderRejected: what was asked for; OrderRejected: the answer
 	Reason   string
 	Message  string
 }
@@ -128,8 +157,12 @@ type State struct {
 	Milk       int64
 	Orders     map[string]*Order
 	Dispensed  map[string]int64
-	keys       map[string]keyRecord
-	pending    map[string]*Order // the orders not yet dispensed: a handful, while Orders grows
+	// ExpiredThrough is the placement sequence of the newest order retention evicted: an order
+	// id "o-N" with N at or below it that is not in Orders has expired (or never existed; the
+	// machine can no longer tell).
+	ExpiredThrough uint64
+	keys           map[string]keyRecord
+	pending        map[string]*Order // the orders not yet dispensed: a handful, while Orders grows
 }
 
 // Machine is the state plus the config it runs with. It is not safe for concurrent use: one
@@ -137,6 +170,9 @@ type State struct {
 type Machine struct {
 	cfg Config
 	st  State
+	// The retention queues, oldest first: keys in the order they were recorded, dispensed
+	// orders in the order they were dispensed. Derived from the state (rebuilt at restore).
+	keyQ, doneQ fifo
 }
 
 // New returns a full machine with no history.
@@ -187,6 +223,31 @@ func (m *Machine) Order(id string) (*Order, bool) {
 	return o, ok
 }
 
+// KnowsKey says whether a non-empty idempotency key is remembered: its request was done and
+// a retry gets the recorded answer.
+func (m *Machine) KnowsKey(key string) bool {
+	_, ok := m.st.keys[key]
+	return ok && key != ""
+}
+
+// Expired says whether an order id is one retention forgot: "o-N" with N at or below the
+// horizon, no longer in Orders.
+func (m *Machine) Expired(id string) bool {
+	if _, ok := m.st.Orders[id]; ok {
+		return false
+	}
+	n, err := strconv.ParseUint(strings.TrimPrefix(id, "o-"), 10, 64)
+	return err == nil && strings.HasPrefix(id, "o-") && n > 0 && n <= m.st.ExpiredThrough
+}
+
+// Retained returns how many idempotency keys and orders (pending or dispensed) the machine
+// holds: what retention bounds.
+func (m *Machine) Retained() (keys, orders int) { return len(m.st.keys), len(m.st.Orders) }
+
+func expiredOrder(id string) *Rejection {
+	return reject(RejectOrderExpired, "order %s was dispensed and is past the retention horizon; its details are no longer kept", id)
+}
+
 // KeyResult is what a replayed idempotency key returns.
 type KeyResult struct {
 	Inserted int64  // for InsertCoins
@@ -227,11 +288,20 @@ func (m *Machine) Select(beverage, key string) (*Event, *KeyResult, error) {
 		return nil, nil, err
 	}
 	if rec, ok := m.st.keys[key]; ok && key != "" {
-		switch o := m.st.Orders[rec.OrderID]; {
+		o := m.st.Orders[rec.OrderID]
+		asked := rec.Beverage
+		if asked == "" && o != nil { // recorded before key records kept the beverage
+			asked = o.Beverage
+		}
+		switch {
 		case rec.Kind == KindOrderRejected && rec.Beverage == beverage:
 			return nil, nil, &Rejection{Reason: rec.Reason, Message: rec.Message}
-		case rec.Kind == KindOrderPlaced && o != nil && o.Beverage == beverage:
+		case rec.Kind == KindOrderPlaced && o != nil && asked == beverage:
 			return nil, &KeyResult{OrderID: rec.OrderID, Seq: rec.Seq}, nil
+		case rec.Kind == KindOrderPlaced && o == nil && (asked == beverage || asked == ""):
+			// The key is remembered, its order no longer: it was dispensed (pending orders are
+			// never evicted). Say so rather than run it again or call it unknown.
+			return nil, nil, expiredOrder(rec.OrderID)
 		}
 		return nil, nil, reject(RejectKeyReused, "Idempotency-Key %q was used for another request", key)
 	}
@@ -316,7 +386,7 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 		m.st.Orders[e.OrderID] = o
 		m.st.pending[e.OrderID] = o
 		if e.Key != "" {
-			m.st.keys[e.Key] = keyRecord{Kind: KindOrderPlaced, OrderID: e.OrderID, Seq: seq}
+			m.st.keys[e.Key] = keyRecord{Kind: KindOrderPlaced, OrderID: e.OrderID, Beverage: e.Beverage, Seq: seq}
 		}
 	case KindBeverageDispensed:
 		o, ok := m.st.Orders[e.OrderID]
@@ -324,7 +394,9 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 			return fmt.Errorf("vending: event %d dispenses unknown order %q", seq, e.OrderID)
 		}
 		o.Status = OrderDispensed
+		o.DoneSeq = seq
 		delete(m.st.pending, o.ID)
+		m.doneQ.push(seq, o.ID)
 		m.st.Beans--
 		if o.UsesMilk {
 			m.st.Milk--
@@ -339,6 +411,86 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 	default:
 		return fmt.Errorf("vending: event %d has unknown kind %d", seq, e.Kind)
 	}
+	if e.Key != "" && e.Kind != KindBeverageDispensed {
+		m.keyQ.push(seq, e.Key)
+	}
 	m.st.Seq = seq
+	m.retain()
 	return nil
+}
+
+// retain evicts the oldest keys and dispensed orders beyond the retention counts. It runs in
+// Apply, so it is a function of the log alone: the live machine and any replay agree.
+func (m *Machine) retain() {
+	if n := m.cfg.Retention.Keys; n > 0 {
+		for len(m.st.keys) > n && m.keyQ.len() > 0 {
+			it := m.keyQ.pop()
+			// A stale entry: the key was forgotten and recorded again since.
+			if r, ok := m.st.keys[it.id]; ok && r.Seq == it.seq {
+				delete(m.st.keys, it.id)
+			}
+		}
+	}
+	if n := m.cfg.Retention.Orders; n > 0 {
+		for len(m.st.Orders)-len(m.st.pending) > n && m.doneQ.len() > 0 {
+			it := m.doneQ.pop()
+			if o, ok := m.st.Orders[it.id]; ok && o.DoneSeq == it.seq {
+				delete(m.st.Orders, it.id)
+				m.st.ExpiredThrough = max(m.st.ExpiredThrough, o.Seq)
+			}
+		}
+	}
+}
+
+// fifo is a queue of (sequence, id), oldest first.
+type fifo struct {
+	items []fifoItem
+	head  int
+}
+
+type fifoItem struct {
+	seq uint64
+	id  string
+}
+
+func (q *fifo) len() int { return len(q.items) - q.head }
+
+func (q *fifo) push(seq uint64, id string) { q.items = append(q.items, fifoItem{seq, id}) }
+
+func (q *fifo) pop() fifoItem {
+	it := q.items[q.head]
+	q.items[q.head] = fifoItem{}
+	q.head++
+	// Reclaim the popped front once it is most of the slice: amortized O(1), bounded memory.
+	if q.head >= 1024 && q.head*2 >= len(q.items) {
+		q.items = append([]fifoItem(nil), q.items[q.head:]...)
+		q.head = 0
+	}
+	return it
+}
+
+// rebuildQueues derives the retention queues from a restored state: keys by the sequence
+// they were recorded at, dispensed orders by the sequence they were dispensed at (the order
+// Apply pushed them in).
+func (m *Machine) rebuildQueues() {
+	m.keyQ, m.doneQ = fifo{}, fifo{}
+	keys := make([]fifoItem, 0, len(m.st.keys))
+	for k, r := range m.st.keys {
+		keys = append(keys, fifoItem{r.Seq, k})
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].seq < keys[j].seq })
+	m.keyQ.items = keys
+	done := make([]fifoItem, 0, len(m.st.Orders)-len(m.st.pending))
+	for id, o := range m.st.Orders {
+		if o.Status == OrderDispensed {
+			done = append(done, fifoItem{o.DoneSeq, id})
+		}
+	}
+	sort.Slice(done, func(i, j int) bool {
+		if done[i].seq != done[j].seq {
+			return done[i].seq < done[j].seq
+		}
+		return done[i].id < done[j].id
+	})
+	m.doneQ.items = done
 }

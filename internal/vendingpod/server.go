@@ -63,6 +63,7 @@ var rejectionStatus = map[string]int{
 	vending.RejectKeyReused:       http.StatusUnprocessableEntity,
 	vending.RejectBadKey:          http.StatusBadRequest,
 	vending.RejectUnknownOrder:    http.StatusNotFound,
+	vending.RejectOrderExpired:    http.StatusGone,
 }
 
 // methodOf names the method of each fixed path, for 405 answers.

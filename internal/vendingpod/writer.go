@@ -166,12 +166,23 @@ func (w *writer) recover() error {
 // run serves the mailbox forever.
 func (w *writer) run(mailbox <-chan command) {
 	for c := range mailbox {
-		if !c.deadline.IsZero() && w.now().After(c.deadline) {
+		if tooLate(c, w.now(), w.m) {
 			c.reply <- reply{err: errDeadline}
 			continue
 		}
 		w.handle(c)
 	}
+}
+
+// tooLate says whether a command is refused because its deadline passed before the writer got
+// to it: new work is not done late. A retry whose idempotency key is already recorded is not
+// new work: it was done, and it gets the recorded answer rather than "nothing was done".
+func tooLate(c command, now time.Time, m *vending.Machine) bool {
+	if c.deadline.IsZero() || !now.After(c.deadline) {
+		return false
+	}
+	retry := (c.kind == cmdCoins || c.kind == cmdOrder) && m.KnowsKey(c.key)
+	return !retry
 }
 
 func (w *writer) handle(c command) {
@@ -196,9 +207,17 @@ func (w *writer) handle(c command) {
 		wait := w.submit(w.m.Refill())
 		w.answer(c, wait, reply{state: w.view()})
 	case cmdState:
-		w.answer(c, nil, reply{state: w.view()})
+		// The state applied so far may include events whose group commit has not finished:
+		// answer it only once they are durable, so nobody (the operator's status.totalCoins)
+		// is told of coins a crash could still take back.
+		w.answer(c, w.waitState(), reply{state: w.view()})
 	case cmdGetOrder:
 		o, ok := w.m.Order(c.orderID)
+		if !ok && w.m.Expired(c.orderID) {
+			w.answer(c, w.waitState(), reply{err: &vending.Rejection{Reason: vending.RejectOrderExpired,
+				Message: fmt.Sprintf("order %s is past the retention horizon (if it existed, it was dispensed)", c.orderID)}})
+			return
+		}
 		if !ok {
 			w.answer(c, nil, reply{err: &vending.Rejection{Reason: vending.RejectUnknownOrder,
 				Message: fmt.Sprintf("no order %q", c.orderID)}})
