@@ -232,19 +232,14 @@ func (l *Log) replaySegment(s segmentFile, last bool, r Replayer, stats *ReplayS
 		return fmt.Errorf("%w: reading %s: %w", ErrStorage, path, err)
 	}
 	var off int64
+	expected := s.firstSeq // the sequence of the record at off
 	for {
 		rec, next, err := decodeRecord(data, off, l.opts.MaxRecordSize)
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		if errors.Is(err, errTornRecord) && last {
-			return l.repairTornTail(path, data, off, stats)
-		}
 		if err != nil {
-			if errors.Is(err, errTornRecord) {
-				err = fmt.Errorf("%w: record cut short before the last segment", ErrBadRecord)
-			}
-			return &CorruptError{File: path, Offset: off, Err: err}
+			return l.badRecord(path, data, off, expected, last, err, stats)
 		}
 		switch {
 		case rec.Seq <= stats.SnapshotSeq:
@@ -259,6 +254,7 @@ func (l *Log) replaySegment(s segmentFile, last bool, r Replayer, stats *ReplayS
 			stats.Records++
 			stats.LastSeq = rec.Seq
 		}
+		expected = rec.Seq + 1
 		off = next
 	}
 	if last {
@@ -267,8 +263,28 @@ func (l *Log) replaySegment(s segmentFile, last bool, r Replayer, stats *ReplayS
 	return nil
 }
 
+// badRecord decides what a record that does not decode at off means. In the last segment,
+// unless a record of a later batch follows (laterBatch), it is the torn tail of the batch a
+// power cut interrupted: repaired. Anywhere else it is corruption: a segment is closed only
+// after its last batch was fsynced, and a new one is created (and its directory fsynced)
+// before any batch is written into it.
+func (l *Log) badRecord(path string, data []byte, off int64, expected uint64, last bool, err error, stats *ReplayStats) error {
+	if last {
+		at, seq, later := laterBatch(data, off, expected, l.opts.MaxRecordSize)
+		if !later {
+			return l.repairTornTail(path, data, off, stats)
+		}
+		err = fmt.Errorf("%w (record %d of a later batch follows at offset %d, so this one had been made durable)",
+			err, seq, at)
+	} else if errors.Is(err, errTornRecord) {
+		err = fmt.Errorf("%w: record cut short before the last segment", ErrBadRecord)
+	}
+	return &CorruptError{File: path, Offset: off, Err: err}
+}
+
 // repairTornTail truncates the last segment after its last whole record. What is cut was
-// never acknowledged: Append returns only after fsync, and a synced record is whole.
+// never acknowledged: Append returns only after fsync, and a power cut can only damage the
+// batch that was being written when it struck (see badRecord).
 func (l *Log) repairTornTail(path string, data []byte, off int64, stats *ReplayStats) error {
 	stats.TornBytes = int64(len(data)) - off
 	l.opts.Logger.Warn("Truncating torn tail of event log", "file", path, "offset", off, "bytes", stats.TornBytes)
@@ -377,7 +393,7 @@ func (l *Log) Submit(typ RecordType, payload []byte) (uint64, func() error, erro
 	if b.records == 0 {
 		b.firstSeq = seq
 	}
-	b.buf = appendRecord(b.buf, seq, typ, payload)
+	b.buf = appendBatchRecord(b.buf, seq, typ, payload, b.records)
 	b.lastSeq = seq
 	b.records++
 	l.mu.Unlock()
@@ -447,15 +463,18 @@ func (l *Log) writeBatch(b *batch) error {
 		}
 	}
 	start := time.Now()
+	durableSize := l.segSize
 	n, err := l.seg.Write(b.buf)
 	l.segSize += int64(n)
 	if err == nil && n != len(b.buf) {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
+		l.cutBack(durableSize)
 		return fmt.Errorf("%w: writing %d records at sequence %d: %w", ErrStorage, b.records, b.firstSeq, err)
 	}
 	if err := l.seg.Sync(); err != nil {
+		l.cutBack(durableSize)
 		return fmt.Errorf("%w: fdatasync after sequence %d: %w", ErrStorage, b.lastSeq, err)
 	}
 	if m := l.opts.Metrics; m != nil {
@@ -464,6 +483,27 @@ func (l *Log) writeBatch(b *batch) error {
 		m.BatchRecords.Observe(float64(b.records))
 	}
 	return nil
+}
+
+// cutBack removes a batch whose write or fdatasync failed from the segment, before the failure
+// is reported. After a failed fdatasync the kernel marks the pages clean although the disk may
+// not hold them, and keeps serving them: a process restarted without a power loss would
+// replay records nobody was told are durable, and build on them, and a later power cut would
+// take them away from under what was built. Truncating drops them from the page cache.
+//
+// The truncation is not fsynced here: the next Open truncates and fsyncs the last segment
+// before its first append, and a power cut before that leaves the failed batch (whatever of
+// it reached the disk) as the last batch of the log, which is a torn tail or unacknowledged
+// records, never something built on. If the truncation fails as well, the log is poisoned all
+// the same, but the next process on this machine may replay the batch from the page cache and
+// build on it; a power cut after that makes the batch a damaged region that later batches
+// follow, so the log refuses to open (CorruptError) rather than lose records silently.
+func (l *Log) cutBack(size int64) {
+	if err := l.seg.Truncate(size); err != nil {
+		l.opts.Logger.Error("Could not cut a failed batch off the event log", "offset", size, "err", err)
+		return
+	}
+	l.segSize = size
 }
 
 // Durable returns the sequence of the last durable record.

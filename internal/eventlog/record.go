@@ -20,6 +20,10 @@ const (
 	// MaxSnapshotSize bounds a snapshot: it holds the whole state (every order and idempotency
 	// key), so it may be far larger than any event.
 	MaxSnapshotSize = 1 << 30
+
+	// maxBatchIndex is where a record's index within its group commit saturates (header bytes
+	// 6-7). A saturated index only bounds where the batch started: see laterBatch.
+	maxBatchIndex = 0xFFFF
 )
 
 // RecordType says what a record holds. Zero is not a type: an all-zero header ends the log.
@@ -72,14 +76,21 @@ func paddedLen(n int) int { return (n + alignment - 1) &^ (alignment - 1) }
 // recordSize is the bytes a record with an n-byte payload takes on disk.
 func recordSize(n int) int { return headerSize + paddedLen(n) }
 
-// appendRecord appends the framed record to b.
+// appendRecord appends the framed record to b, as the first (or only) record of its batch.
 func appendRecord(b []byte, seq uint64, typ RecordType, payload []byte) []byte {
+	return appendBatchRecord(b, seq, typ, payload, 0)
+}
+
+// appendBatchRecord appends the framed record to b, marked as the index-th record (from 0) of
+// the group commit it is written in; the index saturates at maxBatchIndex.
+func appendBatchRecord(b []byte, seq uint64, typ RecordType, payload []byte, index int) []byte {
 	start := len(b)
 	pad := paddedLen(len(payload)) - len(payload)
 	var h [headerSize]byte
 	binary.LittleEndian.PutUint32(h[0:4], uint32(len(payload)))
 	h[4] = byte(typ)
 	h[5] = byte(pad)
+	binary.LittleEndian.PutUint16(h[6:8], uint16(min(index, maxBatchIndex)))
 	binary.LittleEndian.PutUint64(h[8:16], seq)
 	b = append(b, h[:]...)
 	b = append(b, payload...)
@@ -91,8 +102,8 @@ func appendRecord(b []byte, seq uint64, typ RecordType, payload []byte) []byte {
 
 // decodeRecord decodes the record at data[off:]. It returns io.EOF at a clean end (no bytes
 // left, or only zeros), errTornRecord when the record is cut short by the end of data, and
-// other errors (unwrapped sentinels) for records that cannot be right. A CRC mismatch on the
-// final record that looks like a torn sector write is reported as errTornRecord.
+// other errors (unwrapped sentinels) for records that cannot be right. Whether a bad record is
+// a torn write or corruption is not decided here but by where it is (see laterBatch).
 func decodeRecord(data []byte, off int64, maxSize int) (Record, int64, error) {
 	rest := data[off:]
 	if len(rest) == 0 {
@@ -116,7 +127,7 @@ func decodeRecord(data []byte, off int64, maxSize int) (Record, int64, error) {
 		return Record{}, off, fmt.Errorf("%w: payload of %d bytes, maximum %d", ErrRecordTooBig, n, maxSize)
 	}
 	typ := RecordType(h[4])
-	if typ == 0 || int(h[5]) != paddedLen(int(n))-int(n) || h[6] != 0 || h[7] != 0 {
+	if typ == 0 || int(h[5]) != paddedLen(int(n))-int(n) {
 		return Record{}, off, fmt.Errorf("%w: header %x", ErrBadRecord, h[:8])
 	}
 	size := recordSize(int(n))
@@ -126,23 +137,57 @@ func decodeRecord(data []byte, off int64, maxSize int) (Record, int64, error) {
 	payload := rest[headerSize : headerSize+int(n)]
 	want := binary.LittleEndian.Uint32(h[16:20])
 	if got := crc32.Update(crc32.Checksum(h[:16], crcTable), crcTable, payload); got != want {
-		if len(rest) == size && hasZeroSector(data, off, off+int64(size)) {
-			return Record{}, off, errTornRecord
-		}
 		return Record{}, off, fmt.Errorf("%w: stored %08x, computed %08x", ErrCRCMismatch, want, got)
 	}
 	return Record{Seq: binary.LittleEndian.Uint64(h[8:16]), Type: typ, Payload: payload}, off + int64(size), nil
 }
 
-// hasZeroSector says whether one whole disk sector inside [from, to) of data is zero: what a
-// write torn by power loss leaves behind (as etcd's decoder checks).
-func hasZeroSector(data []byte, from, to int64) bool {
-	for s := (from + sectorSize - 1) / sectorSize * sectorSize; s+sectorSize <= to; s += sectorSize {
-		if allZero(data[s : s+sectorSize]) {
-			return true
+// batchIndex is the index within its group commit of the record decoded at data[off:].
+func batchIndex(data []byte, off int64) int {
+	return int(binary.LittleEndian.Uint16(data[off+6 : off+8]))
+}
+
+// laterBatch looks past a bad record at off in the last segment for a valid record written
+// by a later group commit than the one in progress at off, whose first sequence was at most
+// expected (the sequence the bad record should have had). A power cut can damage only the
+// last batch: it is written with one write and one fdatasync, and the next batch is written
+// only after that fdatasync returned. So if a later batch's record follows, the bad bytes had
+// been made durable before it and were damaged since: corruption. Otherwise (nothing valid
+// follows, or only records of the batch in progress) the damage is a torn tail.
+//
+// A record's batch began at seq-index. A saturated index says only that it began at or
+// before seq-maxBatchIndex: when that bound is not at most expected, the record may belong to
+// a later batch, and laterBatch says so (refusing a log is recoverable by a human; dropping a
+// durable record is not). Logs written before the index existed have 0 there, so every later
+// valid record counts as a later batch: the old, strict rule.
+//
+// It returns the offset and sequence of the first such record, and ok = true if there is one.
+func laterBatch(data []byte, off int64, expected uint64, maxSize int) (at int64, seq uint64, ok bool) {
+	for p := off + alignment; p+headerSize <= int64(len(data)); {
+		h := data[p : p+headerSize]
+		n := binary.LittleEndian.Uint32(h[0:4])
+		// Cheap checks first: most offsets inside a torn batch hold zeros or payload bytes.
+		if h[4] == 0 || uint64(n) > uint64(maxSize) || int(h[5]) != paddedLen(int(n))-int(n) ||
+			p+int64(recordSize(int(n))) > int64(len(data)) {
+			p += alignment
+			continue
 		}
+		rec, next, err := decodeRecord(data, p, maxSize)
+		if err != nil {
+			p += alignment
+			continue
+		}
+		idx := uint64(batchIndex(data, p))
+		if rec.Seq < expected || idx > rec.Seq {
+			return p, rec.Seq, true // a sequence that cannot follow: not a torn write either
+		}
+		if rec.Seq-idx > expected {
+			// Its batch began after expected (saturated: may have), so it is a later batch.
+			return p, rec.Seq, true
+		}
+		p = next // a record of the batch in progress: keep looking past it
 	}
-	return false
+	return 0, 0, false
 }
 
 func allZero(b []byte) bool {
