@@ -18,7 +18,7 @@
 //
 //	0               4       5       6               8
 //	+---------------+-------+-------+---------------+
-//	| payload len   | type  | pad   | reserved (0)  |
+//	| payload len   | type  | pad   | batch index   |
 //	+---------------+-------+-------+---------------+
 //	| sequence (uint64)                             |  8
 //	+---------------+-------------------------------+
@@ -31,19 +31,44 @@
 // zeros to a multiple of 8. An all-zero header marks the end of the log. The payload length is
 // checked against MaxRecordSize before anything is allocated.
 //
+// The batch index (uint16) is the record's position, from 0, in the group commit it was
+// written by, saturating at 65535: the batch began at sequence-index. Logs written before it
+// existed have 0 there (every record its own batch), which is still valid and only makes
+// recovery stricter; a log written with batch indexes is refused as malformed by older
+// versions, not misread.
+//
 // # Recovery
 //
 // Open loads the newest snapshot, then replays the records after it, checking that sequences
-// follow each other. What it finds decides what it does:
+// follow each other. The rule that decides between a torn tail and corruption is where a
+// power cut can do damage: only in the last batch, the one write that was not yet followed by
+// a successful fdatasync. A batch goes into one segment with one write and one fdatasync, and
+// the next batch is written only after that fdatasync returned; a new segment is created, and
+// its directory fsynced, before the first batch goes into it, so every segment but the last
+// is whole.
 //
-//   - a torn tail (the last record of the last segment runs past the end of the file, or fails
-//     its CRC where a whole 512-byte sector of it is zeros, as a write cut off by power loss
-//     leaves it): the record was never acknowledged, since Append waits for fsync. It is
-//     truncated away, the truncation fsynced, logged and counted.
-//   - anything else that fails (a CRC mismatch before the tail, a sequence gap, an oversized or
-//     untyped record, a bad snapshot): corruption. Open refuses with an error that names the
+//   - a torn tail: in the last segment, a record that does not decode (cut short by the end of
+//     the file, a CRC mismatch, zeros or garbage in its header, zeros where data was) and after
+//     which no valid record of a later batch follows. Records of the same batch may follow (a
+//     page of the batch written before an earlier one): they were not acknowledged either,
+//     since no record of a batch is acknowledged before its fdatasync. The segment is cut before
+//     the bad record, the cut fsynced, logged and counted. This holds whatever the record size
+//     and wherever the damage falls (a whole sector, a few bytes, the first page of a batch).
+//   - corruption: a bad record followed by a valid record of a later batch (whose batch began
+//     after the sequence the bad record should have had: the bad bytes had been made durable
+//     before that batch was written), any bad record before the last segment, a sequence gap,
+//     an oversized or untyped record, a bad snapshot. Open refuses with an error that names the
 //     file and the offset, and keeps every byte for a human to look at. Acknowledged facts are
 //     never dropped to make a log readable.
+//
+// A saturated batch index proves only that its batch began at least 65535 records earlier;
+// when that does not reach back to the bad record, the record may be of a later batch, and
+// Open refuses (a human can recover a refused log; a dropped durable record is gone).
+//
+// What this rule cannot tell apart: damage to the last batch after its fdatasync (a bit rotted
+// on disk in the newest records) looks like a torn write and is cut, as PostgreSQL and SQLite
+// end their logs at the first bad record of the tail. Disks report unreadable sectors as
+// errors, which Open does not hide (ErrStorage).
 //
 // # Durability and group commit
 //
@@ -56,5 +81,16 @@
 //
 // A failed write or fsync poisons the log: every later Append fails, and the caller is
 // expected to exit (after a failed fsync the page cache can no longer be trusted, so retrying
-// and pretending would be a lie).
+// and pretending would be a lie). Before the failure is reported, the failed batch is
+// truncated off the segment: the kernel keeps serving pages whose writeback failed, so a
+// process restarted on the same machine would otherwise replay records that were never
+// durable and build on them.
+//
+// # Testing against power loss
+//
+// Package crashfs implements FS in memory with the durability rules of a real file system
+// (fdatasync persists a file's data, not its name; a directory's entries need its own fsync;
+// un-synced writes are lost, kept or torn), and the tests cut power at every operation of
+// small workloads and at random points of long ones, then reopen the crashed image and check
+// that every acknowledged record is there and nothing else is.
 package eventlog

@@ -170,3 +170,91 @@ func TestLaterBatch(t *testing.T) {
 		})
 	}
 }
+
+// TestDamageBeforeTheLastSegmentIsCorruption: every segment but the last was whole before the
+// next was created, so any damage there is corruption, even where it would be a torn tail in
+// the last segment; the error names the file and the offset, and nothing is changed on disk.
+func TestDamageBeforeTheLastSegmentIsCorruption(t *testing.T) {
+	tests := []struct {
+		name    string
+		damage  corruptFunc
+		wantErr error
+		at      int // record (1-based) of the first segment where the damage is done
+		named   int // segment named by the error: 0 the first, 1 the second
+	}{
+		{"flip in the last record of a segment", func(t *testing.T, path string, off int64) {
+			flipByte(t, path, off+headerSize+1)
+		}, ErrCRCMismatch, 0, 0},
+		{"segment cut short in its last record", truncateAt(headerSize + 2), ErrBadRecord, 0, 0},
+		{"zeroed header then data", zeroRange(0, headerSize), ErrBadRecord, 1, 0},
+		// Zeros read as the end of the first segment: the second then does not follow it.
+		{"last record zeroed", zeroRange(0, int64(recordSize(len(payload(1))))), ErrSequenceGap, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := Options{SegmentSize: 200}
+			l, _, _ := mustOpen(t, dir, opts)
+			appendN(t, l, 1, 30)
+			_ = l.Close()
+			segs, _, _ := (&Log{dir: dir, opts: Options{FS: OSFS{}}}).listFiles(false)
+			if len(segs) < 3 {
+				t.Fatalf("%d segments", len(segs))
+			}
+			first := filepath.Join(dir, segs[0].name)
+			n := int(segs[1].firstSeq - segs[0].firstSeq) // records in the first segment
+			rec := n                                      // its last record, unless tt.at says
+			if tt.at > 0 {
+				rec = tt.at
+			}
+			off := recordOffset(rec)
+			tt.damage(t, first, off)
+			before, _ := os.ReadFile(first)
+			_, _, err := Open(dir, opts, &collector{})
+			var ce *CorruptError
+			if !errors.As(err, &ce) || !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Open = %v, want a CorruptError with %v", err, tt.wantErr)
+			}
+			wantFile, wantOff := first, off
+			if tt.named == 1 {
+				wantFile, wantOff = filepath.Join(dir, segs[1].name), 0
+			}
+			if ce.File != wantFile || ce.Offset != wantOff {
+				t.Fatalf("error names %s at %d, want %s at %d", ce.File, ce.Offset, wantFile, wantOff)
+			}
+			if after, _ := os.ReadFile(first); !bytes.Equal(before, after) {
+				t.Fatal("a refused log was changed on disk")
+			}
+		})
+	}
+}
+
+// TestCorruptSnapshotNamesIt: a damaged snapshot is refused with its file and offset 0, whatever
+// the damage (a crash cannot damage one: it is fsynced before its rename).
+func TestCorruptSnapshotNamesIt(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		damage corruptFunc
+	}{
+		{"flipped bit", flipByte},
+		{"cut short", truncateAt(3)},
+		{"zeroed payload", zeroRange(0, 5)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l, _, _ := mustOpen(t, dir, Options{})
+			appendN(t, l, 1, 5)
+			if err := l.SaveSnapshot(5, []byte("state")); err != nil {
+				t.Fatal(err)
+			}
+			_ = l.Close()
+			path := filepath.Join(dir, snapshotName(5))
+			tt.damage(t, path, headerSize)
+			_, _, err := Open(dir, Options{}, &collector{})
+			var ce *CorruptError
+			if !errors.As(err, &ce) || ce.File != path || ce.Offset != 0 {
+				t.Fatalf("Open = %v, want a CorruptError naming %s", err, path)
+			}
+		})
+	}
+}

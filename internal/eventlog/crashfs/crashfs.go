@@ -171,7 +171,7 @@ type faultState struct {
 
 // New returns an empty file system; seed drives what a failed Sync leaves on disk.
 func New(seed int64) *FS {
-	return &FS{dirs: map[string]*dir{}, cutAt: -1, counts: map[OpKind]int{}, locks: map[string]bool{},
+	return &FS{dirs: map[string]*dir{}, cutAt: -1, locks: map[string]bool{},
 		rng: rand.New(rand.NewSource(seed))}
 }
 
@@ -224,17 +224,17 @@ func (f *FS) begin(k OpKind, p string) (*Fault, error) {
 		f.cut = true
 		return nil, ErrPowerCut
 	}
-	f.counts[k]++
+	var hit *Fault
 	for _, ft := range f.faults {
 		if ft.Kind != k {
 			continue
 		}
 		ft.seen++
-		if ft.seen == ft.N || (ft.Sticky && ft.seen > ft.N) {
-			return &ft.Fault, nil
+		if hit == nil && (ft.seen == ft.N || (ft.Sticky && ft.seen > ft.N)) {
+			hit = &ft.Fault
 		}
 	}
-	return nil, nil
+	return hit, nil
 }
 
 func (f *FS) record(op Op) { f.ops = append(f.ops, op) }
