@@ -20,7 +20,11 @@
 //     processes of this host and are released when a killed process's files close.
 //
 // Crash keeps nothing un-synced; CrashTorn keeps a prefix of each file's un-synced pages, as a
-// disk that wrote part of the page cache before the power went.
+// disk that wrote part of the page cache before the power went. Both are for a file system no
+// process is using. With a process still running, PowerOff drops the same data and then fails
+// every change with EIO until PowerOn: an fsync in flight at the cut fails instead of completing
+// after it, so a process is never told "durable" about data the cut dropped. SetSyncDelay gives
+// fsync a disk's latency, so a cut can land between a write and its fsync.
 package lazyfs
 
 import (
@@ -32,6 +36,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,6 +55,13 @@ var ErrMount = errors.New("lazyfs: mount failed")
 type FS struct {
 	backing, mountpoint string
 	server              *fuse.Server
+
+	syncDelay atomic.Int64 // nanoseconds each fsync takes at least: a disk's latency
+
+	// power is held shared by every operation that changes something, and exclusively to cut
+	// the power; while off, those operations fail with EIO (the disk is gone).
+	power sync.RWMutex
+	off   bool
 
 	mu    sync.Mutex
 	files map[uint64]*dirtyFile // by backing inode number
@@ -134,6 +146,11 @@ func (l *FS) Unmount() error {
 	return fmt.Errorf("lazyfs: unmounting %s: %w", l.mountpoint, err)
 }
 
+// SetSyncDelay makes every fsync take at least d, as on a real disk (the backing directory may
+// be on a RAM disk). It widens the window between a write and its durability that a broken
+// program (one that acknowledges before fsync) exposes to a power cut.
+func (l *FS) SetSyncDelay(d time.Duration) { l.syncDelay.Store(int64(d)) }
+
 // Mountpoint is where the file system is mounted.
 func (l *FS) Mountpoint() string { return l.mountpoint }
 
@@ -158,17 +175,28 @@ func (l *FS) Unsynced() int64 {
 // Crash is a power cut: every write and truncation not covered by an fsync of its file is gone.
 // Stop the processes using the file system first (SIGKILL), or they keep writing after the cut.
 func (l *FS) Crash() {
-	l.crash(nil)
+	_ = l.PowerOff(nil)
+	l.PowerOn()
 }
 
 // CrashTorn is a power cut after the disk wrote part of the page cache: of each file's
 // un-synced pages, a random prefix in offset order reaches the backing file (a truncation still
 // pending is lost), the rest is dropped.
 func (l *FS) CrashTorn(rng *rand.Rand) error {
-	return l.crash(rng)
+	err := l.PowerOff(rng)
+	l.PowerOn()
+	return err
 }
 
-func (l *FS) crash(rng *rand.Rand) error {
+// PowerOff cuts the power while processes still run: un-synced writes are dropped (with rng,
+// a torn prefix of them is kept, as in CrashTorn), and until PowerOn every write, fsync,
+// truncation, open, create, rename, unlink and mkdir fails with EIO, so an fsync in flight
+// cannot succeed after the cut and nothing a dying process does reaches the disk. Kill the
+// processes, then PowerOn.
+func (l *FS) PowerOff(rng *rand.Rand) error {
+	l.power.Lock()
+	defer l.power.Unlock()
+	l.off = true
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.stats.Crashes++
@@ -183,6 +211,24 @@ func (l *FS) crash(rng *rand.Rand) error {
 	}
 	l.files = map[uint64]*dirtyFile{}
 	return errors.Join(errs...)
+}
+
+// PowerOn brings the disk back after PowerOff.
+func (l *FS) PowerOn() {
+	l.power.Lock()
+	defer l.power.Unlock()
+	l.off = false
+}
+
+// enter admits an operation that changes something, or refuses it while the power is off.
+// Call the returned function when the operation is done.
+func (l *FS) enter() (func(), syscall.Errno) {
+	l.power.RLock()
+	if l.off {
+		l.power.RUnlock()
+		return nil, syscall.EIO
+	}
+	return l.power.RUnlock, 0
 }
 
 // writeTornPrefix writes the first k of d's pages (k random) to the backing file with inode ino.
@@ -461,6 +507,11 @@ func openFlags(flags uint32) uint32 {
 // Open opens the backing file; the handle sends data through the cache, with direct I/O so the
 // kernel keeps no copy.
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	done, errno := n.lfs.enter()
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	defer done()
 	fh, fuseFlags, errno := n.LoopbackNode.Open(ctx, openFlags(flags))
 	if errno != 0 {
 		return nil, 0, errno
@@ -470,6 +521,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 
 // Create creates the backing file at once (metadata is not cached) and opens it like Open.
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	done, errno := n.lfs.enter()
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	defer done()
 	ch, fh, fuseFlags, errno := n.LoopbackNode.Create(ctx, name, openFlags(flags), mode, out)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -526,6 +582,11 @@ func (n *node) Statx(ctx context.Context, f fs.FileHandle, flags, mask uint32, o
 
 // Setattr caches a size change (truncate, ftruncate); the rest goes to the backing file.
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	done, errno := n.lfs.enter()
+	if errno != 0 {
+		return errno
+	}
+	defer done()
 	if size, ok := in.GetSize(); ok && n.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFREG {
 		var st syscall.Stat_t
 		if err := syscall.Stat(n.backingPath(), &st); err != nil {
@@ -547,6 +608,11 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 
 // Unlink removes the name; the last name of a file takes its cache with it.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	done, errno := n.lfs.enter()
+	if errno != 0 {
+		return errno
+	}
+	defer done()
 	ino, last := lastLink(filepath.Join(n.backingPath(), name))
 	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 {
 		return errno
@@ -560,6 +626,11 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 // Rename renames in the backing directory at once; cached data follows the inode. A file the
 // rename replaces takes its cache with it.
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	done, errno := n.lfs.enter()
+	if errno != 0 {
+		return errno
+	}
+	defer done()
 	p, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV
@@ -572,6 +643,16 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		n.lfs.forget(ino)
 	}
 	return 0
+}
+
+// Mkdir creates the directory in the backing directory at once.
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	done, errno := n.lfs.enter()
+	if errno != 0 {
+		return nil, errno
+	}
+	defer done()
+	return n.LoopbackNode.Mkdir(ctx, name, mode, out)
 }
 
 // lastLink says whether path is a regular file's only name, and its inode.
@@ -623,7 +704,12 @@ func (f *file) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	errno := f.withFd(func(fd int) error { return f.lfs.write(fd, f.ino, data, off) })
+	done, errno := f.lfs.enter()
+	if errno != 0 {
+		return 0, errno
+	}
+	defer done()
+	errno = f.withFd(func(fd int) error { return f.lfs.write(fd, f.ino, data, off) })
 	if errno != 0 {
 		return 0, errno
 	}
@@ -632,6 +718,12 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 
 // Fsync makes the file's cached writes durable. FUSE_FSYNC_FDATASYNC (bit 0) is fdatasync.
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	time.Sleep(time.Duration(f.lfs.syncDelay.Load())) // the disk's latency; the power may go meanwhile
+	done, errno := f.lfs.enter()
+	if errno != 0 {
+		return errno
+	}
+	defer done()
 	return f.withFd(func(fd int) error { return f.lfs.sync(fd, f.ino, flags&1 != 0) })
 }
 

@@ -255,3 +255,41 @@ func TestCrashTornKeepsAPrefix(t *testing.T) {
 		}
 	}
 }
+
+// With the power off, a running process's fsync fails instead of making dropped data durable,
+// and nothing it writes or renames reaches the disk; with the power back, everything works.
+func TestPowerOffFailsEverythingUntilPowerOn(t *testing.T) {
+	l, mnt, backing := mount(t)
+	p := filepath.Join(mnt, "log")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("acknowledged?")); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.PowerOff(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fdatasync(int(f.Fd())); !errors.Is(err, unix.EIO) {
+		t.Fatalf("fdatasync after the cut: %v, want EIO", err)
+	}
+	if _, err := f.Write([]byte("more")); !errors.Is(err, unix.EIO) {
+		t.Fatalf("write after the cut: %v, want EIO", err)
+	}
+	if err := os.Rename(p, p+".new"); !errors.Is(err, unix.EIO) {
+		t.Fatalf("rename after the cut: %v, want EIO", err)
+	}
+	l.PowerOn()
+	expect(t, "after the cut", content(t, p), nil)
+	expect(t, "the backing file", content(t, filepath.Join(backing, "log")), nil)
+	if _, err := f.WriteAt([]byte("again"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		t.Fatalf("fdatasync with the power back: %v", err)
+	}
+	l.Crash()
+	expect(t, "synced with the power back", content(t, p), []byte("again"))
+}

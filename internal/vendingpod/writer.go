@@ -137,12 +137,13 @@ func (w *writer) acknowledger() {
 	for a := range w.acks {
 		if ackBeforeDurable { // only in the deliberately broken build (unsafe_ack.go)
 			a.reply <- a.msg
-			continue
 		}
 		if err := a.wait(); err != nil {
 			w.storageFailure(err)
 		}
-		a.reply <- a.msg
+		if !ackBeforeDurable {
+			a.reply <- a.msg
+		}
 	}
 }
 
