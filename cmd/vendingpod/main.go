@@ -29,6 +29,10 @@ func main() {
 	flag.Int64Var(&cfg.Machine.MilkCapacity, "milk", def.MilkCapacity, "Milk beverages a full tank makes.")
 	flag.Uint64Var(&cfg.SnapshotEvery, "snapshot-every", 10000, "Write a snapshot every this many events (0: never).")
 	flag.Int64Var(&cfg.SegmentSize, "segment-size", eventlog.DefaultSegmentSize, "Start a new log segment past this many bytes.")
+	flag.IntVar(&cfg.Machine.Retention.Keys, "keep-keys", vending.DefaultRetention.Keys,
+		"Idempotency keys remembered (the newest); a retry with an older key runs as a new request. 0: all, unbounded.")
+	flag.IntVar(&cfg.Machine.Retention.Orders, "keep-orders", vending.DefaultRetention.Orders,
+		"Dispensed orders remembered (the newest); older ones answer 410 OrderExpired. Pending orders are always kept. 0: all, unbounded.")
 	flag.IntVar(&cfg.MailboxSize, "mailbox-size", 1024, "Commands that may wait for the writer before requests get 503.")
 	flag.DurationVar(&cfg.LockWait, "lock-wait", 30*time.Second,
 		"How long to wait for another process to release the log before exiting with LogLocked.")

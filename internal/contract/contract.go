@@ -57,6 +57,10 @@ const (
 	ExitCorruptLog       = 11
 	ExitStorageFailure   = 12
 	ExitLogLocked        = 13
+	// ExitTerminated: the pod got SIGTERM (the kubelet stopping it) and ended at once, as a
+	// process killed by SIGTERM reports itself (128+15). There is nothing to flush: everything
+	// acknowledged is durable already. Its message names ReasonTerminated.
+	ExitTerminated = 143
 )
 
 // TerminationMessage is the JSON the pod writes to its termination-message path before it

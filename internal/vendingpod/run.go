@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -129,6 +131,7 @@ func Run(cfg Config) error {
 		exit = os.Exit
 	}
 	rep := reporter{path: cfg.TerminationMessagePath, logger: logger, exit: exit, now: time.Now}
+	onSIGTERM(rep)
 	if err := cfg.Machine.Validate(); err != nil {
 		rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: err.Error()})
 		return err
@@ -221,6 +224,21 @@ func Run(cfg Config) error {
 	srv.ready.Store(true)
 	w.run(mailbox)
 	return nil
+}
+
+// onSIGTERM ends the process at once on SIGTERM with ExitTerminated and a Terminated message.
+// Crash-only: this is no shutdown path (nothing is flushed or drained; everything acknowledged
+// is durable already), it only names the exit. Without it Go's default applies, and as PID 1
+// of a container (where the kernel ignores the re-raised SIGTERM) the runtime exits with 2,
+// which reads as a program error.
+func onSIGTERM(rep reporter) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		rep.fail(Failure{Reason: contract.ReasonTerminated, ExitCode: contract.ExitTerminated,
+			Message: "SIGTERM: stopped at once; everything acknowledged is durable, the next start replays the log"})
+	}()
 }
 
 type snapshotJob struct {
