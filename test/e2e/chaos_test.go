@@ -24,6 +24,7 @@ import (
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/customer"
+	"github.com/vendingfleet/vending-operator/internal/history"
 )
 
 // ctrCommand is how the suite reaches the node's containerd to SIGKILL a container:
@@ -68,12 +69,15 @@ type ack struct {
 	key, path, body string
 	code            int
 	answer          string
+	in              history.Input // the request, for the history
 }
 
 // Pull the plug: customers insert coins and order with idempotency keys while the container is
 // SIGKILLed, the pod deleted, the operator restarted and the node's kubelet stopped and started.
 // Afterwards every acknowledged coin is in the machine's total, no order was dispensed twice,
-// every retry gets its first answer, and status and events tell what happened.
+// every retry gets its first answer, the customers' whole history (each request from its first
+// attempt to its answer, the final retries and the final state) is linearizable for the model of
+// the machine (internal/history), and status and events tell what happened.
 func TestPullThePlug(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
@@ -86,6 +90,7 @@ func TestPullThePlug(t *testing.T) {
 
 	var mu sync.Mutex
 	var acks []ack
+	rec := history.NewRecorder()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for n := range 3 {
@@ -97,17 +102,23 @@ func TestPullThePlug(t *testing.T) {
 					return
 				default:
 				}
-				a := ack{key: fmt.Sprintf("c%d-%d", n, i), path: "v1/coins", body: fmt.Sprintf(`{"count":%d}`, 1+rng.IntN(3))}
+				count := 1 + rng.IntN(3)
+				a := ack{key: fmt.Sprintf("c%d-%d", n, i), path: "v1/coins", body: fmt.Sprintf(`{"count":%d}`, count)}
+				a.in = history.Input{Kind: history.Coins, Key: a.key, Count: int64(count)}
 				if i%3 == 2 {
 					a.path, a.body = "v1/orders", `{"beverage":"Espresso"}`
+					a.in = history.Input{Kind: history.Order, Key: a.key, Beverage: "Espresso", Price: 2} // the default menu
 				}
+				op := rec.Call(n, a.in)
 				for giveUp := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 					r := c.Post(ctx, a.path, a.body, a.key)
 					if r.Code != 0 && r.Code < 500 {
 						a.code, a.answer = r.Code, r.Body
+						op.Return(history.FromHTTP(a.in, r.Code, []byte(r.Body), nil))
 						break
 					}
 					if time.Now().After(giveUp) {
+						op.Return(history.Output{Outcome: history.Unknown})
 						t.Errorf("%s: no answer in 90 s: %d %s", a.key, r.Code, r.Body)
 						return
 					}
@@ -164,16 +175,31 @@ func TestPullThePlug(t *testing.T) {
 	}
 
 	// Every acknowledged answer stands: a retry with its key returns it, and the totals add up.
+	// The retries and the final state are part of the history, which is checked first, so that
+	// a broken promise leaves its visualization.
+	const final = 3 // the client id of the final retries in the history
+	retries := make([]customer.Response, len(acks))
+	for i, a := range acks {
+		op := rec.Call(final, a.in)
+		retries[i] = c.PostUntil(ctx, a.path, a.body, a.key, time.Minute)
+		op.Return(history.FromHTTP(a.in, retries[i].Code, []byte(retries[i].Body), nil))
+	}
+	op := rec.Call(final, history.Input{Kind: history.State})
+	body := state(g, c)
+	op.Return(history.FromHTTP(history.Input{Kind: history.State}, 200, []byte(body), nil))
+	verdict, err := history.Check(rec.Operations(), time.Minute, history.VisualizationPath(t.Name()))
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Logf("history: %s", verdict)
+	g.Expect(verdict.Linearizable()).To(BeTrue(), "the customers' history is not linearizable: %s", verdict)
+
 	var coins, change int64
 	orders := 0
-	for _, a := range acks {
-		r := c.PostUntil(ctx, a.path, a.body, a.key, time.Minute)
+	for i, a := range acks {
+		r := retries[i]
 		g.Expect(r.Code).To(Equal(a.code), "retry of %s: %s, first answer %s", a.key, r.Body, a.answer)
 		switch {
 		case a.path == "v1/coins" && a.code == 200:
-			var n struct{ Count int64 }
-			_ = json.Unmarshal([]byte(a.body), &n)
-			coins += n.Count
+			coins += a.in.Count
 		case a.path == "v1/orders" && a.code == 200:
 			var o struct{ Change int64 }
 			_ = json.Unmarshal([]byte(a.answer), &o)
@@ -182,7 +208,7 @@ func TestPullThePlug(t *testing.T) {
 		}
 	}
 	var st contract.State
-	g.Expect(json.Unmarshal([]byte(state(g, c)), &st)).To(Succeed())
+	g.Expect(json.Unmarshal([]byte(body), &st)).To(Succeed())
 	g.Expect(st.TotalCoins).To(Equal(coins-change), "every acknowledged coin is in the machine, less the change given")
 	g.Expect(st.Dispensed["Espresso"]).To(BeEquivalentTo(orders), "each paid order dispensed exactly once")
 	t.Logf("%d acknowledged requests, %d coins, %d orders, through %d chaos steps", len(acks), coins, orders, len(chaos))
