@@ -143,6 +143,7 @@ func Run(cfg Config) error {
 	mailbox := make(chan command, cfg.MailboxSize)
 	srv := &server{
 		mailbox:      mailbox,
+		eventReaders: make(chan struct{}, maxEventReaders),
 		menu:         map[string]int{},
 		enableFaults: cfg.EnableFaults,
 		now:          time.Now,

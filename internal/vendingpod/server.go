@@ -24,9 +24,15 @@ const maxBodyBytes = 4 << 10
 // maxEventsPage bounds one page of GET /v1/events.
 const maxEventsPage = 1000
 
+// maxEventReaders bounds the GET /v1/events requests reading the log at once. Each streams
+// through a small window (memory is bounded per reader), but scans up to a segment of CPU and
+// I/O outside the mailbox: beyond this, readers are told to come back (503 Busy).
+const maxEventReaders = 4
+
 // server is the HTTP shell around the writer.
 type server struct {
 	mailbox      chan command
+	eventReaders chan struct{} // a slot per GET /v1/events in progress
 	log          *eventlog.Log
 	menu         map[string]int
 	enableFaults bool
@@ -336,6 +342,13 @@ func (s *server) getEvents(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "MalformedRequest", "limit must be between 1 and %d", maxEventsPage)
 			return
 		}
+	}
+	select {
+	case s.eventReaders <- struct{}{}:
+		defer func() { <-s.eventReaders }()
+	default:
+		writeError(w, http.StatusServiceUnavailable, "Busy", "%d event reads are in progress; retry later", cap(s.eventReaders))
+		return
 	}
 	recs, err := s.log.Read(after, limit)
 	if err != nil {

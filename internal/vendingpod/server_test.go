@@ -19,7 +19,8 @@ import (
 func newTestServer(mailbox chan command) *server {
 	s := &server{
 		mailbox: mailbox, menu: map[string]int{"Espresso": 2}, now: time.Now,
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "r"}, []string{"route", "code"}),
+		eventReaders: make(chan struct{}, maxEventReaders),
+		requests:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "r"}, []string{"route", "code"}),
 	}
 	s.ready.Store(true)
 	return s
