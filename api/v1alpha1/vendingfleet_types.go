@@ -18,6 +18,41 @@ const (
 	RestForOne FleetStrategy = "RestForOne"
 )
 
+// CorruptLogPolicy is what a fleet does with a machine whose event log is corrupt (the vending
+// pod exited with CorruptLog: a record failed its checks before the log's tail).
+// +kubebuilder:validation:Enum=Escalate;StartNewLog
+type CorruptLogPolicy string
+
+const (
+	// CorruptLogEscalate hands the machine to humans with its claim as it is: the fleet neither
+	// resets the machine nor touches the claim, and status and events say which claim, file and
+	// offset to inspect.
+	CorruptLogEscalate CorruptLogPolicy = "Escalate"
+	// CorruptLogStartNewLog quarantines the claim (labelled, annotated, kept without owner, never
+	// deleted) and starts the machine on a new, empty log.
+	CorruptLogStartNewLog CorruptLogPolicy = "StartNewLog"
+)
+
+// CorruptLog says what the fleet does when a machine's event log is corrupt.
+type CorruptLog struct {
+	// policy is Escalate (the default) or StartNewLog.
+	//
+	// Escalate: the machine stays escalated, its pod stays failed and its claim stays as it is,
+	// for a human to inspect (vendinglog dump, in a pod that mounts the claim), then repair or
+	// restore the log and reset the machine (annotation vending.resilience.dev/reset), or opt in
+	// to StartNewLog. It costs the fleet no escalation of its intensity and resets no other
+	// machine, whatever the strategy.
+	//
+	// StartNewLog: the claim is quarantined and the machine starts on <machine>-log-<n>, an empty
+	// log. Everything the old log acknowledged is out of service: inserted coins, pending orders
+	// (never brewed), and idempotency keys (a retry of an old key runs again). The old claim keeps
+	// the bytes for a human to recover by hand. It is handled like any escalation: it counts
+	// against intensity, and AllForOne and RestForOne reset the other machines too.
+	// +kubebuilder:default=Escalate
+	// +optional
+	Policy CorruptLogPolicy `json:"policy,omitempty"`
+}
+
 // Intensity is how many machine escalations the fleet absorbs within a window before it
 // escalates itself, to humans.
 type Intensity struct {
@@ -108,6 +143,13 @@ type VendingFleetSpec struct {
 	// +optional
 	RolloutDeadline *metav1.Duration `json:"rolloutDeadline,omitempty"`
 
+	// corruptLog is what the fleet does with a machine whose log is corrupt. By default it
+	// escalates to humans with the claim intact; starting the machine on a new, empty log, which
+	// loses what the old log acknowledged, is an explicit opt-in.
+	// +kubebuilder:default={}
+	// +optional
+	CorruptLog CorruptLog `json:"corruptLog,omitzero"`
+
 	// paused stops the fleet from acting (creating, rolling, resetting, deleting machines);
 	// the machines keep supervising their own pods.
 	// +optional
@@ -178,8 +220,9 @@ type VendingFleetStatus struct {
 
 // VendingFleet supervises VendingMachines the way an Erlang supervisor supervises its
 // children: it keeps spec.replicas machines, resets those that escalate (OneForOne, AllForOne
-// or RestForOne), quarantines a corrupt log instead of deleting it, rolls template changes one
-// machine at a time, and escalates to humans when its own intensity is spent.
+// or RestForOne), hands a machine with a corrupt log to humans with its claim intact (or, if
+// spec.corruptLog.policy opts in, quarantines the claim and starts a new log), rolls template
+// changes one machine at a time, and escalates to humans when its own intensity is spent.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status

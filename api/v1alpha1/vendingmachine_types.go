@@ -116,7 +116,10 @@ type Supervision struct {
 	Backoff Backoff `json:"backoff,omitzero"`
 
 	// decider maps failure reasons to actions. A reason that is not listed escalates (the
-	// talk's `case _ => Escalate`).
+	// talk's `case _ => Escalate`). CorruptLog is not listed by default: a machine never
+	// restarts on an empty log by itself (a Restart reopens the same, still corrupt, log); a
+	// standalone machine escalates it to humans, a fleet's machine to its fleet, which follows
+	// its spec.corruptLog.policy.
 	// +kubebuilder:default={{reason: OutOfCoffeeBeans, action: Restart}, {reason: Killed, action: Restart}}
 	// +listType=map
 	// +listMapKey=reason
@@ -250,9 +253,16 @@ type Failure struct {
 	// pendingOrder that was persisted but not yet dispensed when the pod failed.
 	// +optional
 	PendingOrder string `json:"pendingOrder,omitempty"`
-	// sequence of the event log when the pod failed.
+	// sequence of the event log when the pod failed: the last durable record it knew of.
 	// +optional
 	Sequence int64 `json:"sequence,omitempty"`
+	// file of the event log that the failure is about (CorruptLog: the segment or snapshot
+	// that failed its checks), as a path inside the pod (the claim is mounted at /data).
+	// +optional
+	File string `json:"file,omitempty"`
+	// offset in file where the damage starts (CorruptLog).
+	// +optional
+	Offset int64 `json:"offset,omitempty"`
 	// podName of the pod that failed.
 	// +optional
 	PodName string `json:"podName,omitempty"`
