@@ -1,7 +1,8 @@
 // Package fleet is the pure policy of a VendingFleet, the supervisor of machines: what to do
 // when machines escalate (Erlang's OneForOne, AllForOne, RestForOne with a restart intensity),
-// and which machine a template rollout takes next. No client, no clock reads: the reconciler
-// observes, calls these functions and acts on what they return.
+// what to do with a machine whose log is corrupt, and which machine a template rollout takes
+// next. No client, no clock reads: the reconciler observes, calls these functions and acts on
+// what they return.
 package fleet
 
 import (
@@ -21,16 +22,45 @@ const (
 	RestForOne Strategy = "RestForOne"
 )
 
-// ReasonCorruptLog is the failure that a reset on the same log cannot fix: the machine's log is
-// quarantined and the machine starts on a new one.
+// ReasonCorruptLog is the failure that a reset on the same log cannot fix. What the fleet does
+// about it is its CorruptLogPolicy.
 const ReasonCorruptLog = "CorruptLog"
 
-// Policy is the fleet's supervision: its strategy and its intensity.
+// CorruptLogPolicy is what the fleet does with a machine whose log is corrupt.
+type CorruptLogPolicy string
+
+const (
+	// CorruptLogEscalate (the default) hands the machine to humans with its claim intact.
+	CorruptLogEscalate CorruptLogPolicy = "Escalate"
+	// CorruptLogStartNewLog quarantines the claim and starts the machine on a new, empty log:
+	// what the old log acknowledged (coins, pending orders, idempotency keys) is out of service.
+	CorruptLogStartNewLog CorruptLogPolicy = "StartNewLog"
+)
+
+// Policy is the fleet's supervision: its strategy, its intensity, and what it does with a
+// corrupt log.
 type Policy struct {
 	Strategy Strategy
 	// MaxEscalations the fleet handles within Window; one more and the fleet escalates.
 	MaxEscalations int
 	Window         time.Duration
+	// CorruptLog: anything but CorruptLogStartNewLog (the empty value included) escalates, so
+	// that losing acknowledged facts is never the result of a missing field.
+	CorruptLog CorruptLogPolicy
+}
+
+// Evidence says where a machine's failure left its traces: for a corrupt log, what a human
+// opens to inspect it.
+type Evidence struct {
+	// Claim is the PersistentVolumeClaim that holds the machine's log.
+	Claim string
+	// Pod is the pod that failed; it names one occurrence of the failure.
+	Pod string
+	// File and Offset say where the log is damaged, as the pod reported it.
+	File   string
+	Offset int64
+	// Sequence is the last durable sequence the pod reported; 0 when it reported none.
+	Sequence int64
 }
 
 // Escalation is one machine escalation the fleet handled.
@@ -50,14 +80,32 @@ type Machine struct {
 	Reason string
 	// History is the escalations recorded on the machine (by earlier resets).
 	History []Escalation
+	// Evidence of its last failure.
+	Evidence Evidence
+	// Held names the failed pod whose corrupt log the fleet already handed to humans (recorded
+	// on the machine), so that each occurrence is announced once.
+	Held string
+}
+
+// Hold is a machine whose corrupt log the fleet hands to humans: it is not reset, its claim is
+// not touched, and no other machine is reset because of it.
+type Hold struct {
+	Index    int
+	Name     string
+	Evidence Evidence
+	// Announce: this occurrence is new (not yet recorded on the machine); record it and emit
+	// the events once.
+	Announce bool
+	// Message says what is affected, where, and what a human can do.
+	Message string
 }
 
 // Reset is one machine to reset.
 type Reset struct {
 	Index int
 	Name  string
-	// Quarantine: its log is corrupt; set the claim aside (never delete it) and start the
-	// machine on a new log.
+	// Quarantine: its log is corrupt and the policy is CorruptLogStartNewLog; set the claim
+	// aside (never delete it) and start the machine on a new log.
 	Quarantine bool
 	// History to record on the machine: its escalations inside the window plus this one.
 	History []Escalation
@@ -74,28 +122,49 @@ type Plan struct {
 	Escalated bool
 	// Message says what happened, for the condition and the event.
 	Message string
+	// Held are the machines with a corrupt log left to humans (CorruptLogEscalate), in index
+	// order. They do not count against the intensity: the fleet spent no reset on them.
+	Held []Hold
 }
 
 // Decide is the fleet's supervisor: given its policy, its machines and the time, which
 // machines to reset. Escalations observed together are judged together: if handling all of
 // them would exceed the intensity, none is handled.
+//
+// A machine with a corrupt log is only reset (onto a new log, its claim quarantined) when the
+// policy opts in with CorruptLogStartNewLog. Otherwise it is held for humans: left out of the
+// escalations the fleet handles, so its claim stays as it is, it uses none of the intensity,
+// and under AllForOne or RestForOne it resets no other machine (a reset of the others would
+// not bring it back and would only interrupt their customers). The other machines' escalations
+// are handled as usual; a held machine is never among the machines reset for them.
 func Decide(p Policy, machines []Machine, now time.Time) Plan {
 	history := Recent(machines, p.Window, now)
+	plan := Plan{History: history}
+	held := map[int]bool{}
 	var escalated []Machine
 	for _, m := range machines {
-		if m.Escalated {
+		switch {
+		case !m.Escalated:
+		case m.Reason == ReasonCorruptLog && p.CorruptLog != CorruptLogStartNewLog:
+			held[m.Index] = true
+			plan.Held = append(plan.Held, Hold{Index: m.Index, Name: m.Name, Evidence: m.Evidence,
+				Announce: m.Held != m.Evidence.Pod, Message: HoldMessage(m)})
+		default:
 			escalated = append(escalated, m)
 		}
 	}
+	slices.SortFunc(plan.Held, func(a, b Hold) int { return a.Index - b.Index })
 	if len(escalated) == 0 {
-		return Plan{History: history}
+		return plan
 	}
 	slices.SortFunc(escalated, func(a, b Machine) int { return a.Index - b.Index })
 	if len(history)+len(escalated) > p.MaxEscalations {
-		return Plan{History: history, Escalated: true, Message: fmt.Sprintf(
+		plan.Escalated = true
+		plan.Message = fmt.Sprintf(
 			"%s escalated; the fleet already handled %d escalations within %v (intensity %d): "+
 				"not resetting. Look at the machines' lastFailure and their pods' logs; change a machine's "+
-				"reset annotation once fixed", describe(escalated), len(history), p.Window, p.MaxEscalations)}
+				"reset annotation once fixed", describe(escalated), len(history), p.Window, p.MaxEscalations)
+		return plan
 	}
 
 	var added []Escalation
@@ -104,10 +173,16 @@ func Decide(p Policy, machines []Machine, now time.Time) Plan {
 		added = append(added, Escalation{Machine: m.Name, Time: now, Reason: m.Reason})
 		corrupt[m.Index] = m.Reason == ReasonCorruptLog
 	}
-	plan := Plan{History: append(slices.Clone(history), added...), Message: fmt.Sprintf(
-		"%s escalated: %s resets %s (%d of %d escalations used within %v)",
-		describe(escalated), p.Strategy, targetsText(p.Strategy), len(history)+len(added), p.MaxEscalations, p.Window)}
+	plan.History = append(slices.Clone(history), added...)
+	plan.Message = fmt.Sprintf("%s escalated: %s resets %s (%d of %d escalations used within %v)",
+		describe(escalated), p.Strategy, targetsText(p.Strategy), len(history)+len(added), p.MaxEscalations, p.Window)
+	if len(held) > 0 {
+		plan.Message += "; not " + describeHeld(plan.Held) + ", held for humans with a corrupt log"
+	}
 	for _, m := range targets(p.Strategy, machines, escalated[0].Index) {
+		if held[m.Index] {
+			continue
+		}
 		plan.Resets = append(plan.Resets, Reset{
 			Index:      m.Index,
 			Name:       m.Name,
@@ -185,6 +260,37 @@ func describe(ms []Machine) string {
 		if m.Reason != "" {
 			parts[i] += " (" + m.Reason + ")"
 		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// HoldMessage says, for kubectl describe, what a machine held for its corrupt log has lost from
+// service, where the evidence is, and what a human can do about it.
+func HoldMessage(m Machine) string {
+	e := m.Evidence
+	where := "at an offset the pod did not report"
+	if e.File != "" {
+		where = fmt.Sprintf("in file %s at offset %d", e.File, e.Offset)
+	}
+	seq := "not reported"
+	if e.Sequence > 0 {
+		seq = fmt.Sprintf("%d", e.Sequence)
+	}
+	return fmt.Sprintf("machine %s cannot open its event log: %s %s on claim %s (last durable sequence: %s). "+
+		"Its coins, pending orders and idempotency keys are out of service until the log opens again; "+
+		"the fleet keeps the claim as it is and starts no new log (spec.corruptLog.policy: Escalate). "+
+		"Inspect the log with `vendinglog dump <dir>` in a pod that mounts claim %s (kubectl debug, or a pod "+
+		"with the claim at /data, as the vending pod mounts it). Then either repair or restore the log and reset "+
+		"the machine (kubectl annotate vend %s vending.resilience.dev/reset=<new value> --overwrite), or set the "+
+		"fleet's spec.corruptLog.policy to StartNewLog to quarantine the claim and start the machine on a new, "+
+		"empty log, giving up what the old log acknowledged",
+		m.Name, ReasonCorruptLog, where, e.Claim, seq, e.Claim, m.Name)
+}
+
+func describeHeld(hs []Hold) string {
+	parts := make([]string, len(hs))
+	for i, h := range hs {
+		parts[i] = h.Name
 	}
 	return strings.Join(parts, ", ")
 }

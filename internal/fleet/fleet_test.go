@@ -17,6 +17,7 @@ func machines(n int, escalate map[int]string) []Machine {
 		out[i] = Machine{Index: i, Name: fmt.Sprintf("f-%d", i)}
 		if reason, ok := escalate[i]; ok {
 			out[i].Escalated, out[i].Reason = true, reason
+			out[i].Evidence = Evidence{Claim: out[i].Name + "-log", Pod: out[i].Name + "-0"}
 		}
 	}
 	return out
@@ -42,12 +43,14 @@ func TestDecide(t *testing.T) {
 		return []Escalation{{Machine: machine, Time: t0.Add(-ago), Reason: "Panic"}}
 	}
 	withHistory := func(ms []Machine, i int, h []Escalation) []Machine { ms[i].History = h; return ms }
+	withCorruptLog := func(p Policy, c CorruptLogPolicy) Policy { p.CorruptLog = c; return p }
 
 	tests := []struct {
 		name          string
 		policy        Policy
 		machines      []Machine
 		wantResets    []string // "!" marks a quarantine
+		wantHeld      []string
 		wantEscalated bool
 		wantHistory   int
 	}{
@@ -65,9 +68,45 @@ func TestDecide(t *testing.T) {
 		{name: "RestForOne starts at the first of several escalated machines",
 			policy: policy(RestForOne, 3), machines: machines(4, map[int]string{3: "Panic", 2: "Panic"}),
 			wantResets: []string{"f-2", "f-3"}, wantHistory: 2},
-		{name: "a corrupt log is quarantined, the others are reset on their logs",
-			policy: policy(AllForOne, 3), machines: machines(3, map[int]string{2: ReasonCorruptLog}),
+		{name: "StartNewLog: a corrupt log is quarantined, the others are reset on their logs",
+			policy: withCorruptLog(policy(AllForOne, 3), CorruptLogStartNewLog), machines: machines(3, map[int]string{2: ReasonCorruptLog}),
 			wantResets: []string{"f-0", "f-1", "f-2!"}, wantHistory: 1},
+		{name: "StartNewLog under OneForOne: only the corrupt machine moves to a new log",
+			policy: withCorruptLog(policy(OneForOne, 3), CorruptLogStartNewLog), machines: machines(3, map[int]string{1: ReasonCorruptLog}),
+			wantResets: []string{"f-1!"}, wantHistory: 1},
+		{name: "by default a corrupt log is held for humans: no reset, no new log, no intensity used",
+			policy: policy(OneForOne, 3), machines: machines(3, map[int]string{1: ReasonCorruptLog}),
+			wantHeld: []string{"f-1"}, wantHistory: 0},
+		{name: "Escalate under AllForOne: the healthy machines are not reset either",
+			policy: withCorruptLog(policy(AllForOne, 3), CorruptLogEscalate), machines: machines(3, map[int]string{2: ReasonCorruptLog}),
+			wantHeld: []string{"f-2"}, wantHistory: 0},
+		{name: "Escalate under RestForOne: the machines after it are not reset either",
+			policy: withCorruptLog(policy(RestForOne, 3), CorruptLogEscalate), machines: machines(3, map[int]string{0: ReasonCorruptLog}),
+			wantHeld: []string{"f-0"}, wantHistory: 0},
+		{name: "a held machine does not stop the others' escalations, and is not reset with them (AllForOne)",
+			policy: policy(AllForOne, 3), machines: machines(3, map[int]string{0: "Panic", 2: ReasonCorruptLog}),
+			wantResets: []string{"f-0", "f-1"}, wantHeld: []string{"f-2"}, wantHistory: 1},
+		{name: "a held machine is skipped by a RestForOne reset that spans it",
+			policy: policy(RestForOne, 3), machines: machines(4, map[int]string{1: "Panic", 2: ReasonCorruptLog}),
+			wantResets: []string{"f-1", "f-3"}, wantHeld: []string{"f-2"}, wantHistory: 1},
+		{name: "a held machine uses none of the intensity",
+			policy: policy(OneForOne, 1), machines: machines(3, map[int]string{0: ReasonCorruptLog, 1: "Panic"}),
+			wantResets: []string{"f-1"}, wantHeld: []string{"f-0"}, wantHistory: 1},
+		{name: "intensity 0: a corrupt log is still held, not counted as the fleet escalating",
+			policy: policy(OneForOne, 0), machines: machines(2, map[int]string{0: ReasonCorruptLog}),
+			wantHeld: []string{"f-0"}, wantHistory: 0},
+		{name: "past the intensity with a held machine: both reported, nothing reset",
+			policy: policy(OneForOne, 0), machines: machines(3, map[int]string{0: ReasonCorruptLog, 1: "Panic"}),
+			wantHeld: []string{"f-0"}, wantEscalated: true, wantHistory: 0},
+		{name: "an unknown policy value is not an opt-in",
+			policy: withCorruptLog(policy(OneForOne, 3), "startnewlog"), machines: machines(2, map[int]string{0: ReasonCorruptLog}),
+			wantHeld: []string{"f-0"}, wantHistory: 0},
+		{name: "a corrupt machine that is not escalated (a reset on its way) is neither held nor reset",
+			policy: policy(OneForOne, 3), machines: func() []Machine {
+				ms := machines(2, nil)
+				ms[0].Reason = ReasonCorruptLog
+				return ms
+			}(), wantHistory: 0},
 		{name: "within the intensity: the last escalation allowed is handled",
 			policy: policy(OneForOne, 3), machines: withHistory(machines(3, map[int]string{0: "Panic"}), 1,
 				append(old(time.Minute, "f-1"), old(2*time.Minute, "f-2")...)),
@@ -109,8 +148,19 @@ func TestDecide(t *testing.T) {
 			if len(p.History) != tt.wantHistory {
 				t.Errorf("history = %v, want %d entries", p.History, tt.wantHistory)
 			}
+			if got := heldNames(p); !slices.Equal(got, tt.wantHeld) {
+				t.Errorf("held = %v, want %v", got, tt.wantHeld)
+			}
 			if (len(p.Resets) > 0 || p.Escalated) && p.Message == "" {
 				t.Error("a plan that acts must say why")
+			}
+			for _, h := range p.Held {
+				if !h.Announce || h.Message == "" {
+					t.Errorf("held %s: announce %v, message %q: a new occurrence is announced, with a message", h.Name, h.Announce, h.Message)
+				}
+			}
+			if len(p.Held) > 0 && len(p.Resets) > 0 && !strings.Contains(p.Message, "held for humans") {
+				t.Errorf("message %q should say which machines the resets leave alone", p.Message)
 			}
 			for _, r := range p.Resets {
 				if len(r.History) == 0 || !r.History[len(r.History)-1].Time.Equal(t0) {
@@ -121,8 +171,80 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+func heldNames(p Plan) []string {
+	var out []string
+	for _, h := range p.Held {
+		out = append(out, h.Name)
+	}
+	return out
+}
+
+// Whatever the strategy, the intensity and the other failures, a claim is quarantined (and the
+// machine started on an empty log) only when the policy says StartNewLog.
+func TestDecideQuarantinesOnlyWithTheOptIn(t *testing.T) {
+	for _, s := range []Strategy{OneForOne, AllForOne, RestForOne} {
+		for _, c := range []CorruptLogPolicy{"", CorruptLogEscalate, CorruptLogStartNewLog} {
+			for _, max := range []int{0, 1, 5} {
+				for mask := 1; mask < 1<<4; mask++ {
+					esc := map[int]string{}
+					for i := range 4 {
+						if mask&(1<<i) != 0 {
+							esc[i] = []string{ReasonCorruptLog, "Panic"}[i%2]
+						}
+					}
+					p := Decide(Policy{Strategy: s, MaxEscalations: max, Window: time.Minute, CorruptLog: c}, machines(4, esc), t0)
+					for _, r := range p.Resets {
+						if (r.Quarantine || esc[r.Index] == ReasonCorruptLog) && c != CorruptLogStartNewLog {
+							t.Errorf("%s/%q/max %d/%v: reset %+v of a corrupt machine without the opt-in", s, c, max, esc, r)
+						}
+					}
+					if c == CorruptLogStartNewLog && len(p.Held) > 0 {
+						t.Errorf("%s/%q/max %d/%v: held %v although the policy starts new logs", s, c, max, esc, heldNames(p))
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestDecideAnnouncesEachOccurrenceOnce(t *testing.T) {
+	ms := machines(2, map[int]string{1: ReasonCorruptLog})
+	ms[1].Evidence = Evidence{Claim: "f-1-log", Pod: "f-1-3"}
+	policy := Policy{Strategy: OneForOne, MaxEscalations: 3, Window: time.Minute}
+	if p := Decide(policy, ms, t0); len(p.Held) != 1 || !p.Held[0].Announce {
+		t.Fatalf("held %+v: a new occurrence must be announced", p.Held)
+	}
+	ms[1].Held = "f-1-3" // recorded on the machine by the pass that announced it
+	if p := Decide(policy, ms, t0); len(p.Held) != 1 || p.Held[0].Announce {
+		t.Fatalf("held %+v: an occurrence already recorded must not be announced again", p.Held)
+	}
+	ms[1].Evidence.Pod = "f-1-4" // reset by a human, failed again: a new occurrence
+	if p := Decide(policy, ms, t0); len(p.Held) != 1 || !p.Held[0].Announce {
+		t.Fatalf("held %+v: the next failed pod is a new occurrence", p.Held)
+	}
+}
+
+func TestHoldMessageSaysWhatWhereAndWhatNext(t *testing.T) {
+	m := Machine{Name: "f-1", Reason: ReasonCorruptLog, Escalated: true,
+		Evidence: Evidence{Claim: "f-1-log", Pod: "f-1-0", File: "/data/00000000000000000001.seg", Offset: 4096, Sequence: 42}}
+	msg := HoldMessage(m)
+	for _, want := range []string{"f-1", "CorruptLog", "claim f-1-log", "/data/00000000000000000001.seg", "offset 4096",
+		"last durable sequence: 42", "vendinglog dump", "vending.resilience.dev/reset", "StartNewLog", "coins, pending orders and idempotency keys"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q does not say %q", msg, want)
+		}
+	}
+	m.Evidence = Evidence{Claim: "f-1-log"}
+	msg = HoldMessage(m)
+	for _, want := range []string{"offset the pod did not report", "sequence: not reported"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q does not say %q", msg, want)
+		}
+	}
+}
+
 func TestDecideEscalationMessageNamesMachinesAndReasons(t *testing.T) {
-	p := Decide(Policy{Strategy: OneForOne, MaxEscalations: 0, Window: time.Minute},
+	p := Decide(Policy{Strategy: OneForOne, MaxEscalations: 0, Window: time.Minute, CorruptLog: CorruptLogStartNewLog},
 		machines(2, map[int]string{1: ReasonCorruptLog}), t0)
 	if !p.Escalated || !strings.Contains(p.Message, "f-1 (CorruptLog)") {
 		t.Fatalf("message %q should name f-1 and its reason", p.Message)
