@@ -208,13 +208,14 @@ func ListFiles(dir string) ([]FileInfo, error) {
 	return out, nil
 }
 
-// ScanFile decodes the records of one segment or snapshot file in order, read-only, through a
+// ScanFile decodes the records of one segment or snapshot file in order from offset from (0:
+// the start; else where a record starts, such as one FindRecord found), read-only, through a
 // bounded window, and calls fn with each record and its offset (the payload is valid only
 // during the call). It returns the offset where it stopped: the end of the records and nil, or
 // the offset of the first record that does not decode and a *CorruptError naming it (whose Err
 // is io.ErrUnexpectedEOF for a record the file cuts short, as a torn write leaves it). An error
 // from fn stops the scan and is returned as is. maxSize bounds a payload (0: the default).
-func ScanFile(path string, maxSize int, fn func(off int64, rec Record) error) (int64, error) {
+func ScanFile(path string, from int64, maxSize int, fn func(off int64, rec Record) error) (int64, error) {
 	if maxSize <= 0 {
 		maxSize = DefaultMaxRecordSize
 	}
@@ -224,6 +225,7 @@ func ScanFile(path string, maxSize int, fn func(off int64, rec Record) error) (i
 	}
 	defer func() { _ = f.Close() }()
 	r := newRecordReader(f, path, maxSize)
+	r.off = from
 	for {
 		at := r.off
 		rec, err := r.next()

@@ -14,8 +14,10 @@ import (
 	"github.com/vendingfleet/vending-operator/internal/vending"
 )
 
-// recordEvent is the log record type of vending events.
-const recordEvent eventlog.RecordType = 16
+// RecordEvent is the log record type of vending events (a vending.Event's encoding).
+const RecordEvent eventlog.RecordType = 16
+
+const recordEvent = RecordEvent
 
 type commandKind int
 
