@@ -258,3 +258,36 @@ func TestCorruptSnapshotNamesIt(t *testing.T) {
 		})
 	}
 }
+
+// TestDamageUnderTheSnapshotBeforeTheLastBatch: a record that the snapshot covers but that is
+// still in the last segment is judged against its own sequence, not the snapshot's: damage to
+// it, followed by the batch that began right after the snapshot, is corruption, not a torn
+// tail (cutting there would drop that acknowledged batch).
+func TestDamageUnderTheSnapshotBeforeTheLastBatch(t *testing.T) {
+	dir := t.TempDir()
+	l, _, _ := mustOpen(t, dir, Options{})
+	appendN(t, l, 1, 8)
+	if err := l.SaveSnapshot(8, []byte("state@8")); err != nil {
+		t.Fatal(err)
+	}
+	var wait func() error
+	for i := 9; i <= 12; i++ { // one group commit: 9..12
+		_, w, err := l.Submit(typeEvent, payload(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wait = w
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	_ = l.Close()
+	path := filepath.Join(dir, segmentName(1))
+	// Record 8, the last the snapshot covers: the batch after it began at 9.
+	flipByte(t, path, recordOffset(8)+headerSize)
+	_, _, err := Open(dir, Options{}, &collector{})
+	var ce *CorruptError
+	if !errors.As(err, &ce) || ce.File != path || ce.Offset != recordOffset(8) {
+		t.Fatalf("Open = %v, want a CorruptError at record 8 (offset %d)", err, recordOffset(8))
+	}
+}
