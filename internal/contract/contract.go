@@ -42,7 +42,8 @@ const (
 	ReasonKilled = "Killed"
 	// ReasonOOMKilled: the kernel's OOM killer ended the container.
 	ReasonOOMKilled = "OOMKilled"
-	// ReasonTerminated: SIGTERM (exit 143) without a message.
+	// ReasonTerminated: SIGTERM (exit 143). The vending pod names it in its termination
+	// message (ExitTerminated); the operator derives it from exit 143 without one.
 	ReasonTerminated = "Terminated"
 	// ReasonExited: the container exited 0. The vending pod never does that on purpose.
 	ReasonExited = "Exited"
