@@ -33,7 +33,7 @@ import (
 var (
 	cycles    = flag.Int("powercut.cycles", 4, "power cuts of the correct build")
 	duration  = flag.Duration("powercut.duration", 0, "cut power for this long instead of -powercut.cycles times (env CHAOS_DURATION)")
-	maxUnsafe = flag.Int("powercut.unsafe-cycles", 12,
+	maxUnsafe = flag.Int("powercut.unsafe-cycles", 30,
 		"at most this many power cuts of the broken build before the test gives up on seeing it rejected")
 )
 
@@ -206,12 +206,17 @@ func (r *run) start() {
 	r.mu.Unlock()
 }
 
-// powerCut drops every write the process did not fsync (half the time keeping a torn prefix of
-// them), kills it, and restarts it on what is left.
+// powerCut waits for un-synced writes, drops every write the process did not fsync (half the
+// time keeping a torn prefix of them), kills it, and restarts it on what is left.
 func (r *run) powerCut() {
 	var torn *rand.Rand
 	if r.rng.IntN(2) == 0 {
 		torn = r.rng
+	}
+	// Cut when there is something to lose (a write waiting for its fsync), as a power cut at a
+	// random moment of a busy machine would most of the time; give up waiting after a while.
+	for deadline := time.Now().Add(time.Second); r.lfs.Unsynced() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 	// The power goes while the process runs (an fsync in flight fails, it does not complete
 	// after the cut); then the process dies, and the power comes back.
