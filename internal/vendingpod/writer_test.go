@@ -153,3 +153,42 @@ func sameJSON(t *testing.T, a, b string) bool {
 	ya, _ := json.Marshal(y)
 	return string(xa) == string(ya)
 }
+
+// Retention over HTTP: an order past the horizon answers 410 OrderExpired, by id and to a
+// retry of the key that placed it; an id never issued stays 404.
+func TestExpiredOrderAnswers410(t *testing.T) {
+	cfg := vending.DefaultConfig()
+	cfg.Retention = vending.Retention{Keys: 10, Orders: 1}
+	m := vending.New(cfg)
+	l, _, err := eventlog.Open(t.TempDir(), eventlog.Options{}, replayer{m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	mailbox := make(chan command, 1)
+	w := &writer{m: m, log: l, acks: make(chan ack, 1), now: time.Now}
+	go w.acknowledger()
+	go w.run(mailbox)
+	defer close(mailbox)
+	h := newTestServer(mailbox).routes(http.NotFoundHandler())
+	var first orderResponse
+	for i, key := range []string{"first", "second"} {
+		do(t, h, "POST", "/v1/coins", `{"count":2}`, nil)
+		rec, _ := do(t, h, "POST", "/v1/orders", `{"beverage":"Espresso"}`, map[string]string{"Idempotency-Key": key})
+		if rec.Code != 200 {
+			t.Fatalf("order %s: %d %s", key, rec.Code, rec.Body)
+		}
+		if i == 0 {
+			_ = json.Unmarshal(rec.Body.Bytes(), &first)
+		}
+	}
+	if rec, e := do(t, h, "GET", "/v1/orders/"+first.OrderID, "", nil); rec.Code != http.StatusGone || e.Error != vending.RejectOrderExpired {
+		t.Fatalf("GET the expired order %s: %d %s", first.OrderID, rec.Code, rec.Body)
+	}
+	if rec, e := do(t, h, "POST", "/v1/orders", `{"beverage":"Espresso"}`, map[string]string{"Idempotency-Key": "first"}); rec.Code != http.StatusGone || e.Error != vending.RejectOrderExpired {
+		t.Fatalf("retry of the expired order's key: %d %s", rec.Code, rec.Body)
+	}
+	if rec, e := do(t, h, "GET", "/v1/orders/o-999", "", nil); rec.Code != 404 || e.Error != vending.RejectUnknownOrder {
+		t.Fatalf("GET an id never issued: %d %s", rec.Code, rec.Body)
+	}
+}
