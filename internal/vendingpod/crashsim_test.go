@@ -118,7 +118,7 @@ type simAck struct {
 
 type simVerdict struct {
 	cuts, during, acked, lost, twice, refused int
-	failures                          []string
+	failures                                  []string
 }
 
 func (v *simVerdict) fail(format string, args ...any) {
