@@ -19,11 +19,13 @@ import (
 
 // The power-cut suite drives the real Log through crashfs: it cuts power at every operation of
 // small workloads (and at random points of longer ones), builds the images a reboot can find,
-// reopens each and checks what the log promised. `make chaos` runs it longer:
+// reopens each and checks what the log promised. Each test logs a VERDICT line (cuts,
+// acknowledged, lost, duplicated, half-written, refused as corrupt, torn tails repaired; see
+// it with -v). `make chaos` runs it longer:
 //
 //	go test ./internal/eventlog/ -run TestPowerCut -v -crash.duration=5m
 //
-// (or CHAOS_DURATION=5m).
+// (or CHAOS_DURATION=5m); -crash.random and -crash.variants set the default run's size.
 var (
 	crashRandom   = flag.Int("crash.random", 1000, "random power cuts per long workload in the default run")
 	crashDuration = flag.Duration("crash.duration", 0, "run long random power-cut workloads for this long (make chaos); also CHAOS_DURATION")
