@@ -158,8 +158,9 @@ func batchIndex(data []byte, off int64) int {
 // A record's batch began at seq-index. A saturated index says only that it began at or
 // before seq-maxBatchIndex: when that bound is not at most expected, the record may belong to
 // a later batch, and laterBatch says so (refusing a log is recoverable by a human; dropping a
-// durable record is not). Logs written before the index existed have 0 there, so every later
-// valid record counts as a later batch: the old, strict rule.
+// durable record is not). Logs written before the index existed have 0 there: each record
+// its own batch, so any later valid record after the bad one makes it corruption (strict, and
+// safe).
 //
 // It returns the offset and sequence of the first such record, and ok = true if there is one.
 func laterBatch(data []byte, off int64, expected uint64, maxSize int) (at int64, seq uint64, ok bool) {
