@@ -434,7 +434,10 @@ func startProc(t *testing.T, binary, dataDir, addr string) *proc {
 	p := &proc{exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, "--data-dir", dataDir, "--listen", addr,
 		"--termination-message-path", filepath.Join(filepath.Dir(filepath.Dir(dataDir)), "termination-log"),
-		"--snapshot-every", "40", "--beans", "1000000", "--milk", "1000000")
+		"--snapshot-every", "40", "--beans", "1000000", "--milk", "1000000",
+		// Remember every key and order: the final pass retries every request of the run, and
+		// a retry past the retention horizon runs as a new request (docs/vendingpod-api.md).
+		"--keep-keys", "0", "--keep-orders", "0")
 	p.cmd.Stderr = &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
