@@ -339,12 +339,13 @@ type result struct {
 	drops            int64 // un-synced bytes the cuts dropped
 	acked, orders    int   // requests answered during the chaos; orders among them
 	lost, duplicated int
+	checked          time.Duration // how long porcupine took
 	detail           string
 }
 
 func (s result) String() string {
-	return fmt.Sprintf("cuts=%d dropped-bytes=%d acknowledged=%d orders=%d lost=%d duplicated=%d %s%s",
-		s.cuts, s.drops, s.acked, s.orders, s.lost, s.duplicated, s.verdict, s.detail)
+	return fmt.Sprintf("cuts=%d dropped-bytes=%d acknowledged=%d orders=%d lost=%d duplicated=%d %s check=%s%s",
+		s.cuts, s.drops, s.acked, s.orders, s.lost, s.duplicated, s.verdict, s.checked, s.detail)
 }
 
 // finish (with the customers stopped) cuts the power once more, then, from a fresh process,
@@ -397,11 +398,14 @@ func (r *run) finish() result {
 			st.Total, st.Dispensed, coins-change, orders)
 		res.lost++
 	}
-	v, err := history.Check(r.rec.Operations(), 60*time.Second, r.visualize)
+	// A longer run has a longer history; the check is near linear in it (sequences prune the
+	// search), so its time limit grows with the run.
+	checkStart := time.Now()
+	v, err := history.Check(r.rec.Operations(), time.Minute+chaosDuration(), r.visualize)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	res.verdict = v
+	res.verdict, res.checked = v, time.Since(checkStart).Round(time.Millisecond)
 	return res
 }
 
