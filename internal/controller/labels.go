@@ -46,6 +46,10 @@ const (
 	// annotationFleetUpdatedAt on a fleet's machine: when the fleet last rolled it (RFC 3339),
 	// so a rollout's deadline counts from the update.
 	annotationFleetUpdatedAt = "vending.resilience.dev/fleet-updated-at"
+	// annotationCorruptLogHeld on a fleet's machine: the failed pod whose corrupt log the fleet
+	// handed to humans (spec.corruptLog.policy Escalate). Written once per occurrence, before
+	// the events, so that a requeue or a restarted operator does not announce it again.
+	annotationCorruptLogHeld = "vending.resilience.dev/corrupt-log-held"
 	// annotationQuarantineReason on a quarantined claim: why, when and by whom.
 	annotationQuarantineReason = "vending.resilience.dev/quarantine-reason"
 )

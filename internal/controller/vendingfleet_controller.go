@@ -177,6 +177,9 @@ func (r *VendingFleetReconciler) act(ctx context.Context, f *vendingv1alpha1.Ven
 	}
 
 	o.plan = fleet.Decide(fleetPolicy(f), fleetMachines(o.machines), now)
+	if err := r.hold(ctx, f, o); err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.reset(ctx, f, o, now); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -228,6 +231,7 @@ func (r *VendingFleetReconciler) reset(ctx context.Context, f *vendingv1alpha1.V
 		}
 		vm.Annotations[annotationReset] = token
 		vm.Annotations[annotationFleetEscalations] = string(history)
+		delete(vm.Annotations, annotationCorruptLogHeld) // a reset ends a hold (an opt-in after it, say)
 		if rs.Quarantine {
 			gen, _ := strconv.Atoi(vm.Annotations[annotationLogGeneration])
 			vm.Annotations[annotationLogGeneration] = strconv.Itoa(gen + 1)
@@ -238,6 +242,38 @@ func (r *VendingFleetReconciler) reset(ctx context.Context, f *vendingv1alpha1.V
 		}
 	}
 	r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "Reset", "Reset", "%s", o.plan.Message)
+	return nil
+}
+
+// hold hands the machines with a corrupt log to humans (spec.corruptLog.policy Escalate): the
+// claim and the failed pod stay as they are. Each occurrence (failed pod) is recorded on the
+// machine before it is announced, with a Warning event on the fleet and on the machine, so a
+// requeue never repeats the events and a conflict (stale cache) announces nothing.
+func (r *VendingFleetReconciler) hold(ctx context.Context, f *vendingv1alpha1.VendingFleet, o *fleetObservation) error {
+	for _, h := range o.plan.Held {
+		if !h.Announce {
+			continue
+		}
+		vm := o.machines[h.Index]
+		if vm.Annotations == nil {
+			vm.Annotations = map[string]string{}
+		}
+		vm.Annotations[annotationCorruptLogHeld] = h.Evidence.Pod
+		// Update, not patch: a stale cache must fail with a conflict rather than announce twice.
+		if err := r.Update(ctx, vm); err != nil {
+			return err
+		}
+		escalationsTotal.Inc()
+		logf.FromContext(ctx).Info("Escalated a corrupt log to humans", "machine", klogRef(vm), "claim", h.Evidence.Claim,
+			"file", h.Evidence.File, "offset", h.Evidence.Offset)
+		summary := truncate(corruptLogSummary(vm.Name, h.Evidence), 600)
+		r.Recorder.Eventf(f, vm, corev1.EventTypeWarning, ReasonCorruptLog, "Escalate",
+			"%s; escalated to humans, no new log (spec.corruptLog.policy: Escalate); kubectl describe vfleet %s says what to do",
+			summary, f.Name)
+		r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, ReasonCorruptLog, "Escalate",
+			"%s; VendingFleet %s escalated it to humans, no new log (spec.corruptLog.policy: Escalate); "+
+				"kubectl describe vend %s says what to do", summary, f.Name, vm.Name)
+	}
 	return nil
 }
 
@@ -267,7 +303,8 @@ func (r *VendingFleetReconciler) quarantine(ctx context.Context, f *vendingv1alp
 		return err
 	}
 	r.Recorder.Eventf(f, pvc, corev1.EventTypeWarning, "Quarantined", "Quarantine",
-		"machine %s has a corrupt log: claim %s is kept aside (label %s) and the machine starts on a new log: %s",
+		"machine %s has a corrupt log: claim %s is kept aside (label %s) and, as spec.corruptLog.policy StartNewLog asks, "+
+			"the machine starts on a new, empty log; what the old log acknowledged is out of service: %s",
 		vm.Name, pvc.Name, labelQuarantined, truncate(why, 300))
 	return nil
 }
@@ -396,6 +433,7 @@ func fleetPolicy(f *vendingv1alpha1.VendingFleet) fleet.Policy {
 	if w := f.Spec.Intensity.Window; w != nil {
 		p.Window = w.Duration
 	}
+	p.CorruptLog = fleet.CorruptLogPolicy(f.Spec.CorruptLog.Policy)
 	return p
 }
 
@@ -417,8 +455,11 @@ func fleetMachines(ms map[int]*vendingv1alpha1.VendingMachine) []fleet.Machine {
 	out := make([]fleet.Machine, 0, len(ms))
 	for n, vm := range ms {
 		m := fleet.Machine{Index: n, Name: vm.Name, Escalated: machineEscalated(vm)}
-		if vm.Status.LastFailure != nil {
-			m.Reason = vm.Status.LastFailure.Reason
+		m.Evidence.Claim = pvcName(vm)
+		m.Held = vm.Annotations[annotationCorruptLogHeld]
+		if lf := vm.Status.LastFailure; lf != nil {
+			m.Reason = lf.Reason
+			m.Evidence.Pod, m.Evidence.File, m.Evidence.Offset, m.Evidence.Sequence = lf.PodName, lf.File, lf.Offset, lf.Sequence
 		}
 		_ = json.Unmarshal([]byte(vm.Annotations[annotationFleetEscalations]), &m.History)
 		out = append(out, m)

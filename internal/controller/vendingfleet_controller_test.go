@@ -186,12 +186,15 @@ func TestFleetEscalatesPastItsIntensity(t *testing.T) {
 	g.Expect(strings.Count(strings.Join(reasons, ","), "Escalated")).To(Equal(1), "one event per transition: %v", reasons)
 }
 
-// A corrupt log is never deleted: the claim is set aside and the machine starts on a new log.
+// With the opt-in (spec.corruptLog.policy StartNewLog), a corrupt log is never deleted: the
+// claim is set aside and the machine starts on a new log.
 func TestFleetQuarantinesACorruptLog(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	f := createFleet(t, ns, 1, nil)
+	f := createFleet(t, ns, 1, func(f *vendingv1alpha1.VendingFleet) {
+		f.Spec.CorruptLog.Policy = vendingv1alpha1.CorruptLogStartNewLog
+	})
 	runFleet(g, f, 1)
 
 	kubeletFail(g, waitPod(g, fleetMachine(ns, 0), 0), contract.ExitCorruptLog, failureMessage(contract.ReasonCorruptLog))
@@ -302,6 +305,8 @@ func TestBadFleetsAreRejected(t *testing.T) {
 		{"zero window", func(f *vendingv1alpha1.VendingFleet) {
 			f.Spec.Intensity.Window = &metav1.Duration{}
 		}, "intensity.window must be greater than 0s"},
+		{"unknown corrupt-log policy", func(f *vendingv1alpha1.VendingFleet) { f.Spec.CorruptLog.Policy = "Delete" },
+			`spec.corruptLog.policy: Unsupported value: "Delete": supported values: "Escalate", "StartNewLog"`},
 		{"a template with a free beverage", func(f *vendingv1alpha1.VendingFleet) {
 			f.Spec.Template.Spec.Menu = []vendingv1alpha1.Beverage{{Name: "Espresso", Price: 0}}
 		}, "spec.template.spec.menu[0].price"},

@@ -108,13 +108,40 @@ func fleetDegradedCondition(escalated, degraded []string) metav1.Condition {
 
 func fleetEscalatedCondition(o *fleetObservation, p fleet.Policy, maxRestarts int, budget int32) metav1.Condition {
 	if o.plan.Escalated {
+		msg := o.plan.Message
+		if len(o.plan.Held) > 0 {
+			msg += ". Also escalated: " + heldText(o.plan.Held)
+		}
 		return metav1.Condition{Type: vendingv1alpha1.ConditionEscalated, Status: metav1.ConditionTrue, Reason: ReasonIntensityExceeded,
-			Message: o.plan.Message}
+			Message: msg}
+	}
+	if len(o.plan.Held) > 0 {
+		return metav1.Condition{Type: vendingv1alpha1.ConditionEscalated, Status: metav1.ConditionTrue, Reason: ReasonCorruptLog,
+			Message: heldText(o.plan.Held)}
 	}
 	return metav1.Condition{Type: vendingv1alpha1.ConditionEscalated, Status: metav1.ConditionFalse, Reason: ReasonWithinIntensity,
 		Message: fmt.Sprintf("%d of %d escalations used within %v; a machine may restart %d times "+
 			"(%d per machine window × (%d fleet resets + 1)) before humans are asked",
 			len(o.plan.History), p.MaxEscalations, p.Window, budget, maxRestarts, p.MaxEscalations)}
+}
+
+// heldText joins what the fleet says about each machine it holds for humans; a few in full,
+// the rest by name, so the condition stays readable in kubectl describe.
+func heldText(hs []fleet.Hold) string {
+	const full = 3
+	parts := make([]string, 0, full+1)
+	for i, h := range hs {
+		if i == full {
+			var rest []string
+			for _, h := range hs[full:] {
+				rest = append(rest, h.Name)
+			}
+			parts = append(parts, "Also with a corrupt log: "+list(rest)+".")
+			break
+		}
+		parts = append(parts, h.Message)
+	}
+	return strings.Join(parts, " ")
 }
 
 func list(names []string) string {

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/supervision"
 )
 
@@ -313,6 +314,12 @@ func (r *VendingMachineReconciler) announceDecision(vm *vendingv1alpha1.VendingM
 	switch d.Action {
 	case supervision.Escalate:
 		escalationsTotal.Inc()
+		if f.Reason == contract.ReasonCorruptLog {
+			r.Recorder.Eventf(vm, pod, corev1.EventTypeWarning, "Escalated", "Escalate",
+				"%s; escalated to %s; see the Escalated condition for what to do",
+				truncate(corruptLogSummary(vm.Name, evidenceOf(claimOf(vm, pod), f)), 600), escalationTarget(vm))
+			return
+		}
 		r.Recorder.Eventf(vm, pod, corev1.EventTypeWarning, "Escalated", "Escalate",
 			"%s; escalated to %s", d.Message, escalationTarget(vm))
 	case supervision.Stop:

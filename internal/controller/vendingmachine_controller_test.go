@@ -170,7 +170,7 @@ func TestDeciderUnknownReasonEscalatesAndStopStops(t *testing.T) {
 		fastBackoff(0)(vm)
 		vm.Spec.Supervision.Decider = []vendingv1alpha1.DeciderRule{{Reason: "StorageFailure", Action: vendingv1alpha1.ActionStop}}
 	})
-	kubeletFail(g, waitPod(g, unknown, 0), contract.ExitCorruptLog, failureMessage(contract.ReasonCorruptLog))
+	kubeletFail(g, waitPod(g, unknown, 0), contract.ExitLogLocked, failureMessage(contract.ReasonLogLocked))
 	kubeletFail(g, waitPod(g, stop, 0), contract.ExitStorageFailure, failureMessage(contract.ReasonStorageFailure))
 	g.Eventually(func(g Gomega) {
 		got := getMachine(g, unknown)

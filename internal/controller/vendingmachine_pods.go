@@ -84,6 +84,7 @@ func failureOf(pod *corev1.Pod) (supervision.Failure, vendingv1alpha1.Failure) {
 				f.Reason = msg.Reason
 			}
 			api.Message, api.PendingOrder, api.Sequence = msg.Message, msg.PendingOrder, int64(msg.Sequence)
+			api.File, api.Offset = msg.File, msg.Offset
 		} else if f.Reason == "" {
 			f.Reason = reasonFromExit(t)
 			api.Message = lastLine(t.Message)

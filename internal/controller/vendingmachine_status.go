@@ -10,6 +10,7 @@ import (
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/fleet"
 	"github.com/vendingfleet/vending-operator/internal/supervision"
 )
 
@@ -46,6 +47,9 @@ const (
 	ReasonRolling      = "Rolling"
 	ReasonRecreating   = "Recreating"
 	ReasonStartingPod  = "StartingPod"
+	// ReasonCorruptLog on Escalated (of a machine or a fleet): the machine's log is corrupt and
+	// waits for humans with its claim intact.
+	ReasonCorruptLog = "CorruptLog"
 )
 
 // computeStatus rebuilds the machine's status from one pass's observation. It reads nothing
@@ -115,6 +119,9 @@ func stopped(o observation) bool { return o.decision != nil && o.decision.Action
 
 func escalatedCondition(vm *vendingv1alpha1.VendingMachine, o observation, recent int) metav1.Condition {
 	const t = vendingv1alpha1.ConditionEscalated
+	if escalated(o) && o.decision.Failure.Reason == contract.ReasonCorruptLog {
+		return cond(t, metav1.ConditionTrue, ReasonCorruptLog, corruptLogMessage(vm, o.current, o.decision.Failure, o.decision.Message))
+	}
 	if escalated(o) {
 		return cond(t, metav1.ConditionTrue, o.decision.Reason,
 			fmt.Sprintf("%s. Escalated to %s; no more restarts until the machine is reset (annotation %s).",
@@ -122,6 +129,56 @@ func escalatedCondition(vm *vendingv1alpha1.VendingMachine, o observation, recen
 	}
 	return cond(t, metav1.ConditionFalse, ReasonWithinBudget,
 		fmt.Sprintf("%d of %d restarts used within the window", recent, policyOf(vm).MaxRestarts))
+}
+
+// corruptLogMessage says, on an escalated machine whose log is corrupt, what is affected, where
+// the evidence is, who has the escalation and what a human can do next. A machine never starts
+// on a new log by itself: only its fleet can, and only when its spec.corruptLog.policy opts in.
+func corruptLogMessage(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, f vendingv1alpha1.Failure, decided string) string {
+	claim := claimOf(vm, pod)
+	var who string
+	ref := metav1.GetControllerOf(vm)
+	switch {
+	case ref != nil && ref.Kind == "VendingFleet" && pod != nil && vm.Annotations[annotationCorruptLogHeld] == pod.Name:
+		who = fmt.Sprintf("VendingFleet %s escalated it to humans and keeps the claim as it is (spec.corruptLog.policy: Escalate)", ref.Name)
+	case ref != nil && ref.Kind == "VendingFleet":
+		who = fmt.Sprintf("Escalated to VendingFleet %s, whose spec.corruptLog.policy decides: Escalate (the default) "+
+			"keeps the claim for humans, StartNewLog quarantines it and starts the machine on a new, empty log", ref.Name)
+	default:
+		who = "Escalated to humans: a machine never starts on a new log by itself"
+	}
+	next := fmt.Sprintf("Then repair or restore the log and reset the machine (kubectl annotate vend %s %s=<new value> --overwrite)",
+		vm.Name, annotationReset)
+	if ref != nil && ref.Kind == "VendingFleet" {
+		next += fmt.Sprintf(", or give up what the log acknowledged: set VendingFleet %s spec.corruptLog.policy to StartNewLog", ref.Name)
+	}
+	return fmt.Sprintf("pod %s cannot open its event log: %s; %s. "+
+		"The machine's coins, pending orders and idempotency keys are out of service until the log opens again. %s. "+
+		"Inspect the log with `vendinglog dump <dir>` in a pod that mounts claim %s (kubectl debug, or a pod with the claim at /data). %s.",
+		f.PodName, evidenceOf(claim, f), decided, who, claim, next)
+}
+
+func evidenceOf(claim string, f vendingv1alpha1.Failure) fleet.Evidence {
+	return fleet.Evidence{Claim: claim, Pod: f.PodName, File: f.File, Offset: f.Offset, Sequence: f.Sequence}
+}
+
+// claimOf is the claim the pod really had (a fleet may have moved the machine to a new log
+// since), or the machine's current claim without a pod.
+func claimOf(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod) string {
+	if pod != nil {
+		for _, v := range pod.Spec.Volumes {
+			if v.PersistentVolumeClaim != nil {
+				return v.PersistentVolumeClaim.ClaimName
+			}
+		}
+	}
+	return pvcName(vm)
+}
+
+// corruptLogSummary is the one line an event says about a corrupt log: which machine, claim,
+// file and offset. The conditions carry the rest (what next), as events are short.
+func corruptLogSummary(machine string, e fleet.Evidence) string {
+	return fmt.Sprintf("machine %s: %s; the claim is kept as it is", machine, e)
 }
 
 func progressingCondition(vm *vendingv1alpha1.VendingMachine, o observation, ready bool, next *metav1.Time) metav1.Condition {

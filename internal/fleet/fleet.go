@@ -268,23 +268,28 @@ func describe(ms []Machine) string {
 // service, where the evidence is, and what a human can do about it.
 func HoldMessage(m Machine) string {
 	e := m.Evidence
-	where := "at an offset the pod did not report"
-	if e.File != "" {
-		where = fmt.Sprintf("in file %s at offset %d", e.File, e.Offset)
-	}
-	seq := "not reported"
-	if e.Sequence > 0 {
-		seq = fmt.Sprintf("%d", e.Sequence)
-	}
-	return fmt.Sprintf("machine %s cannot open its event log: %s %s on claim %s (last durable sequence: %s). "+
+	return fmt.Sprintf("machine %s cannot open its event log: %s. "+
 		"Its coins, pending orders and idempotency keys are out of service until the log opens again; "+
 		"the fleet keeps the claim as it is and starts no new log (spec.corruptLog.policy: Escalate). "+
 		"Inspect the log with `vendinglog dump <dir>` in a pod that mounts claim %s (kubectl debug, or a pod "+
 		"with the claim at /data, as the vending pod mounts it). Then either repair or restore the log and reset "+
 		"the machine (kubectl annotate vend %s vending.resilience.dev/reset=<new value> --overwrite), or set the "+
 		"fleet's spec.corruptLog.policy to StartNewLog to quarantine the claim and start the machine on a new, "+
-		"empty log, giving up what the old log acknowledged",
-		m.Name, ReasonCorruptLog, where, e.Claim, seq, e.Claim, m.Name)
+		"empty log, giving up what the old log acknowledged.",
+		m.Name, e, e.Claim, m.Name)
+}
+
+// String says where a corrupt log is damaged: the words every condition and event about it uses.
+func (e Evidence) String() string {
+	where := "at an offset the pod did not report"
+	if e.File != "" {
+		where = fmt.Sprintf("in file %s at offset %d", e.File, e.Offset)
+	}
+	seq := "not reported"
+	if e.Sequence > 0 {
+		seq = fmt.Sprint(e.Sequence)
+	}
+	return fmt.Sprintf("%s %s on claim %s (last durable sequence: %s)", ReasonCorruptLog, where, e.Claim, seq)
 }
 
 func describeHeld(hs []Hold) string {
