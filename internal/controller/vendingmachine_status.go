@@ -154,7 +154,7 @@ func corruptLogMessage(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, f ve
 	}
 	return fmt.Sprintf("pod %s cannot open its event log: %s; %s. "+
 		"The machine's coins, pending orders and idempotency keys are out of service until the log opens again. %s. "+
-		"Inspect the log with `vendinglog dump <dir>` in a pod that mounts claim %s (kubectl debug, or a pod with the claim at /data). %s.",
+		"Inspect the log with `vendinglog dump /data` in a pod that mounts claim %s at /data, as the vending pod does. %s.",
 		f.PodName, evidenceOf(claim, f), decided, who, claim, next)
 }
 

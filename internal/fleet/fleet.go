@@ -271,8 +271,8 @@ func HoldMessage(m Machine) string {
 	return fmt.Sprintf("machine %s cannot open its event log: %s. "+
 		"Its coins, pending orders and idempotency keys are out of service until the log opens again; "+
 		"the fleet keeps the claim as it is and starts no new log (spec.corruptLog.policy: Escalate). "+
-		"Inspect the log with `vendinglog dump <dir>` in a pod that mounts claim %s (kubectl debug, or a pod "+
-		"with the claim at /data, as the vending pod mounts it). Then either repair or restore the log and reset "+
+		"Inspect the log with `vendinglog dump /data` in a pod that mounts claim %s at /data, as the vending pod "+
+		"does. Then either repair or restore the log and reset "+
 		"the machine (kubectl annotate vend %s vending.resilience.dev/reset=<new value> --overwrite), or set the "+
 		"fleet's spec.corruptLog.policy to StartNewLog to quarantine the claim and start the machine on a new, "+
 		"empty log, giving up what the old log acknowledged.",
