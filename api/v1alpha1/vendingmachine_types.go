@@ -119,8 +119,9 @@ type Supervision struct {
 	// talk's `case _ => Escalate`). CorruptLog is not listed by default: a machine never
 	// restarts on an empty log by itself (a Restart reopens the same, still corrupt, log); a
 	// standalone machine escalates it to humans, a fleet's machine to its fleet, which follows
-	// its spec.corruptLog.policy.
-	// +kubebuilder:default={{reason: OutOfCoffeeBeans, action: Restart}, {reason: Killed, action: Restart}}
+	// its spec.corruptLog.policy. Killed (SIGKILL) and Terminated (SIGTERM, exit 143) restart by
+	// default: both are a stop from outside, and a crash-only machine starts again by replaying.
+	// +kubebuilder:default={{reason: OutOfCoffeeBeans, action: Restart}, {reason: Killed, action: Restart}, {reason: Terminated, action: Restart}}
 	// +listType=map
 	// +listMapKey=reason
 	// +kubebuilder:validation:MaxItems=64
