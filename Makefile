@@ -19,6 +19,7 @@ KUBECTL ?= $(CONTROLPLANE_DIR)/kubectl
 
 CONTAINER_TOOL ?= docker
 GO_TEST_FLAGS ?=
+CHAOS_DURATION ?= 2m
 
 SHELL = /usr/bin/env bash -o pipefail
 .SHELLFLAGS = -ec
@@ -97,6 +98,10 @@ local-down: ## Stop every process of the local cluster, unmount, remove its brid
 .PHONY: local-images
 local-images: ## Rebuild the operator and vending pod images and import them into the local cluster.
 	hack/local-cluster.sh images
+
+.PHONY: chaos
+chaos: ## Crash-simulation, power-cut (FUSE, root) and history (porcupine) suites for CHAOS_DURATION each (2m), then a verdict table.
+	CHAOS_DURATION=$(CHAOS_DURATION) hack/chaos.sh
 
 .PHONY: bench
 bench: ## Micro-benchmarks: the event log (group commit) and the vending pod (replay, start-to-ready).

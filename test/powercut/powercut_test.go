@@ -76,7 +76,7 @@ func TestPowerCutHistoryIsLinearizable(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	run.stopCustomers()
 	res := run.finish()
-	t.Logf("verdict: %s", res)
+	t.Logf("VERDICT real binary on lazyfs, power cuts under keyed customers: %s", res)
 	if res.drops == 0 {
 		t.Error("the power cuts dropped no un-synced data: they proved nothing")
 	}
@@ -111,7 +111,7 @@ func TestPowerCutRejectsAckBeforeFsync(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("verdict (broken build): %s", res)
+	t.Logf("VERDICT real binary on lazyfs, BROKEN build (ack before fsync; must be rejected): %s", res)
 	if res.verdict.Linearizable() {
 		t.Fatalf("porcupine accepted the history of a build that acknowledges before fsync, after %d power cuts: %s",
 			run.cuts, res)
