@@ -103,6 +103,10 @@ func TestDumpCorruptLockedLog(t *testing.T) {
 	if err := os.WriteFile(seg, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A creation a crash interrupted: recovery would remove it, the dump must not.
+	if err := os.WriteFile(filepath.Join(dir, "0000000000000029.log.tmp"), []byte("partial"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	release, err := eventlog.OSFS{}.Lock(filepath.Join(dir, "LOCK"))
 	if err != nil {
 		t.Fatal(err)
