@@ -19,9 +19,9 @@ import (
 )
 
 var (
-	retentionRequests = flag.Int("retention.requests", 1_000_000,
+	retentionRequests = flag.Int("retention.requests", 200_000,
 		"BenchmarkRetention: keyed requests served with retention (checkpoints at 1M, 5M, 10M and the end)")
-	retentionBaseline = flag.Int("retention.baseline", 1_000_000,
+	retentionBaseline = flag.Int("retention.baseline", 200_000,
 		"BenchmarkRetention: keyed requests served without retention (today's behaviour), 0: skip")
 	retentionDir = flag.String("retention.dir", "", "BenchmarkRetention: directory for the logs (default: a temp dir; /dev/shm is fastest)")
 )
