@@ -389,6 +389,9 @@ func TestCorruptLogRefusesToStart(t *testing.T) {
 	if tm.Reason != contract.ReasonCorruptLog || tm.File != seg || tm.Offset <= 0 || tm.Offset > int64(len(data)/2) {
 		t.Fatalf("termination message %+v, want CorruptLog in %s before offset %d", tm, seg, len(data)/2)
 	}
+	if tm.Sequence == 0 || tm.Sequence >= 20 {
+		t.Fatalf("termination message %+v: want the last sequence replayed before the damage (1..19)", tm)
+	}
 	after, _ := os.ReadFile(seg)
 	if !bytes.Equal(after, data) {
 		t.Fatal("the corrupt log was changed")

@@ -189,7 +189,11 @@ func Run(cfg Config) error {
 		}, replayer{m})
 	}
 	if err != nil {
-		rep.fail(openFailure(err))
+		f := openFailure(err)
+		if f.Reason == contract.ReasonCorruptLog {
+			f.Sequence = stats.LastSeq // the last record replayed before the damage: what a human can still trust
+		}
+		rep.fail(f)
 		return err
 	}
 	srv.log = l

@@ -113,9 +113,11 @@ func (w *writer) submit(e *vending.Event) func() error {
 	return wait
 }
 
+// storageFailure reports the last durable sequence: the acknowledger calls it too, and the log's
+// counter (unlike the machine, which only the writer goroutine may read) is safe from any goroutine.
 func (w *writer) storageFailure(err error) {
 	w.fail(Failure{Reason: contract.ReasonStorageFailure, Message: err.Error(), ExitCode: contract.ExitStorageFailure,
-		Sequence: w.m.State().Seq})
+		Sequence: w.log.Durable()})
 }
 
 // waitState returns a wait for everything applied so far: a replayed idempotent answer must not
