@@ -268,11 +268,12 @@ EOF
 # them into containerd's k8s.io namespace (no registry, no Docker).
 images() {
   (cd "$root" && CGO_ENABLED=0 go build -trimpath -o bin/manager ./cmd/manager &&
-    CGO_ENABLED=0 go build -trimpath -o bin/vendingpod ./cmd/vendingpod)
+    CGO_ENABLED=0 go build -trimpath -o bin/vendingpod ./cmd/vendingpod &&
+    CGO_ENABLED=0 go build -trimpath -o bin/vendinglog ./cmd/vendinglog)
   local tars
   tars=$("$root/bin/localcluster/images" -out "$root/bin/images" \
     "${IMG:-vendingfleet/vending-operator:dev}=$root/bin/manager" \
-    "${VENDING_IMG:-vendingfleet/vendingpod:dev}=$root/bin/vendingpod" \
+    "${VENDING_IMG:-vendingfleet/vendingpod:dev}=$root/bin/vendingpod,$root/bin/vendinglog" \
     "$SANDBOX_IMAGE=$root/bin/localcluster/pause")
   if ! running containerd; then
     log "built $(echo "$tars" | xargs -n1 basename | tr '\n' ' ')in bin/images (the local cluster is not up: not imported)"

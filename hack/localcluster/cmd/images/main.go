@@ -1,9 +1,10 @@
 // Command images builds OCI image tarballs from static binaries, without Docker and without a
 // registry: an empty base plus one layer holding the binary, run as a non-root user. The
 // tarballs import into containerd (ctr -n k8s.io images import) and into kind (kind load
-// image-archive).
+// image-archive). The first binary of a ref is the entrypoint; more (comma-separated) ride
+// along, as the log dump tool does in the vending pod's image.
 //
-//	images -out bin/images vendingfleet/vending-operator:dev=bin/manager vendingfleet/vendingpod:dev=bin/vendingpod
+//	images -out bin/images vendingfleet/vending-operator:dev=bin/manager vendingfleet/vendingpod:dev=bin/vendingpod,bin/vendinglog
 package main
 
 import (
@@ -31,7 +32,7 @@ func main() {
 	out := flag.String("out", "bin/images", "directory for the tarballs")
 	flag.Parse()
 	if flag.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "usage: images -out DIR ref=binary ...")
+		fmt.Fprintln(os.Stderr, "usage: images -out DIR ref=binary[,binary...] ...")
 		os.Exit(2)
 	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
@@ -42,7 +43,7 @@ func main() {
 		if !ok {
 			fail(fmt.Errorf("%q: want ref=binary", arg))
 		}
-		path, err := build(*out, ref, bin)
+		path, err := build(*out, ref, strings.Split(bin, ","))
 		if err != nil {
 			fail(fmt.Errorf("%s: %w", ref, err))
 		}
@@ -50,12 +51,12 @@ func main() {
 	}
 }
 
-func build(out, ref, bin string) (string, error) {
+func build(out, ref string, bins []string) (string, error) {
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		return "", err
 	}
-	layer, err := binaryLayer(bin)
+	layer, err := binaryLayer(bins)
 	if err != nil {
 		return "", err
 	}
@@ -69,7 +70,7 @@ func build(out, ref, bin string) (string, error) {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config = v1.Config{Entrypoint: []string{"/" + filepath.Base(bin)}, User: nonRoot, WorkingDir: "/"}
+	cf.Config = v1.Config{Entrypoint: []string{"/" + filepath.Base(bins[0])}, User: nonRoot, WorkingDir: "/"}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return "", err
 	}
@@ -77,26 +78,25 @@ func build(out, ref, bin string) (string, error) {
 	return path, tarball.WriteToFile(path, tag, img)
 }
 
-// binaryLayer is a layer with the binary at /<name> and an empty /tmp.
-func binaryLayer(bin string) (v1.Layer, error) {
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		return nil, err
-	}
+// binaryLayer is a layer with each binary at /<name> and an empty /tmp.
+func binaryLayer(bins []string) (v1.Layer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	mod := time.Unix(0, 0)
-	for _, h := range []*tar.Header{
-		{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: mod},
-		{Name: filepath.Base(bin), Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(data)), ModTime: mod},
-	} {
+	if err := tw.WriteHeader(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: mod}); err != nil {
+		return nil, err
+	}
+	for _, bin := range bins {
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			return nil, err
+		}
+		h := &tar.Header{Name: filepath.Base(bin), Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(data)), ModTime: mod}
 		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(data); err != nil {
-				return nil, err
-			}
+		if _, err := tw.Write(data); err != nil {
+			return nil, err
 		}
 	}
 	if err := tw.Close(); err != nil {
