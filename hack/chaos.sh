@@ -18,14 +18,16 @@ export ARTIFACTS="$out" # porcupine's visualizations of a rejected history land 
 log="$out/chaos.log"
 : >"$log"
 
-status=0
+status=0 passed=0 failed=0
 run() { # name, go test arguments...
 	local name=$1
 	shift
 	echo "== $name (CHAOS_DURATION=$CHAOS_DURATION)"
-	if ! go test -count=1 -v -timeout 60m "$@" >>"$log" 2>&1; then
+	if go test -count=1 -v -timeout 60m "$@" >>"$log" 2>&1; then
+		passed=$((passed + 1))
+	else
 		echo "   FAILED: see $log"
-		status=1
+		status=1 failed=$((failed + 1))
 	fi
 }
 
@@ -57,10 +59,9 @@ grep -h 'VERDICT ' "$log" | sed 's/^.*VERDICT //' | awk '
 	}'
 grep -h -- '--- SKIP' "$log" | sed 's/^/skipped: /'
 echo
-if [ "$status" -eq 0 ]; then
-	echo "chaos: PASS (log: $log)"
-else
-	echo "chaos: FAIL (log: $log)"
+if [ "$status" -ne 0 ]; then
 	grep -h -E -- '--- FAIL|^FAIL' "$log" | head -20
 fi
+echo "log: $log"
+echo "chaos: $passed passed, $failed failed"
 exit "$status"
