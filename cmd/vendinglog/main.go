@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/eventlog"
 	"github.com/vendingfleet/vending-operator/internal/vending"
 	"github.com/vendingfleet/vending-operator/internal/vendingpod"
@@ -114,14 +115,14 @@ type snapshotLine struct {
 }
 
 type recordLine struct {
-	Kind   string     `json:"kind"` // "record"
-	File   string     `json:"file"`
-	Offset int64      `json:"offset"`
-	Seq    uint64     `json:"seq"`
-	Type   int        `json:"type"`
-	Size   int        `json:"size"`
-	Event  *eventJSON `json:"event,omitempty"`
-	Error  string     `json:"error,omitempty"` // the payload does not decode as an event
+	Kind   string          `json:"kind"` // "record"
+	File   string          `json:"file"`
+	Offset int64           `json:"offset"`
+	Seq    uint64          `json:"seq"`
+	Type   int             `json:"type"`
+	Size   int             `json:"size"`
+	Event  *contract.Event `json:"event,omitempty"`
+	Error  string          `json:"error,omitempty"` // the payload does not decode as an event
 	// AfterDamage marks records read past a bad record of the same file.
 	AfterDamage bool `json:"afterDamage,omitempty"`
 }
@@ -135,20 +136,6 @@ type damageLine struct {
 	Bytes      string `json:"bytes"`
 	NextOffset int64  `json:"nextOffset,omitempty"` // where a readable record resumes
 	NextSeq    uint64 `json:"nextSeq,omitempty"`
-}
-
-type eventJSON struct {
-	Kind     string `json:"kind"`
-	Count    int64  `json:"count,omitempty"`
-	OrderID  string `json:"orderId,omitempty"`
-	Beverage string `json:"beverage,omitempty"`
-	Price    int64  `json:"price,omitempty"`
-	Change   int64  `json:"change,omitempty"`
-	Beans    int64  `json:"beans,omitempty"`
-	Milk     int64  `json:"milk,omitempty"`
-	Key      string `json:"idempotencyKey,omitempty"`
-	Reason   string `json:"reason,omitempty"`
-	Message  string `json:"message,omitempty"`
 }
 
 func (d *dumper) emit(v any, text string) {
@@ -291,8 +278,8 @@ func (d *dumper) record(file string, off int64, rec eventlog.Record, afterDamage
 		d.emit(line, text+"UNDECODABLE EVENT: "+err.Error())
 		return
 	}
-	line.Event = &eventJSON{Kind: e.Kind.String(), Count: e.Count, OrderID: e.OrderID, Beverage: e.Beverage,
-		Price: e.Price, Change: e.Change, Beans: e.Beans, Milk: e.Milk, Key: e.Key, Reason: e.Reason, Message: e.Message}
+	ev := e.View(rec.Seq)
+	line.Event = &ev
 	d.emit(line, text+eventText(e))
 }
 

@@ -89,3 +89,20 @@ type State struct {
 	Dispensed  map[string]int `json:"dispensed"`
 	Pending    []string       `json:"pending"`
 }
+
+// Event is one entry of the audit trail: GET /v1/events answers them, `vendinglog dump --json`
+// prints them. Fields a kind of event does not use are left out.
+type Event struct {
+	Sequence uint64 `json:"sequence"`
+	Type     string `json:"type"`
+	Count    int64  `json:"count,omitempty"`
+	OrderID  string `json:"orderId,omitempty"`
+	Beverage string `json:"beverage,omitempty"`
+	Price    int64  `json:"price,omitempty"`
+	Change   int64  `json:"change,omitempty"`
+	Beans    int64  `json:"beans,omitempty"`
+	Milk     int64  `json:"milk,omitempty"`
+	Key      string `json:"idempotencyKey,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Message  string `json:"message,omitempty"`
+}

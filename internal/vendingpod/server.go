@@ -313,20 +313,6 @@ func (s *server) postOutOfBeans(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// eventJSON is one entry of the audit trail.
-type eventJSON struct {
-	Sequence uint64 `json:"sequence"`
-	Type     string `json:"type"`
-	Count    int64  `json:"count,omitempty"`
-	OrderID  string `json:"orderId,omitempty"`
-	Beverage string `json:"beverage,omitempty"`
-	Price    int64  `json:"price,omitempty"`
-	Change   int64  `json:"change,omitempty"`
-	Beans    int64  `json:"beans,omitempty"`
-	Milk     int64  `json:"milk,omitempty"`
-	Key      string `json:"idempotencyKey,omitempty"`
-}
-
 func (s *server) getEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	after, limit := uint64(0), 100
@@ -355,15 +341,14 @@ func (s *server) getEvents(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "InternalError", "%v", err)
 		return
 	}
-	out := make([]eventJSON, 0, len(recs))
+	out := make([]contract.Event, 0, len(recs))
 	for _, rec := range recs {
 		e, err := vending.DecodeEvent(rec.Payload)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, "InternalError", "event %d: %v", rec.Seq, err)
 			return
 		}
-		out = append(out, eventJSON{Sequence: rec.Seq, Type: e.Kind.String(), Count: e.Count, OrderID: e.OrderID,
-			Beverage: e.Beverage, Price: e.Price, Change: e.Change, Beans: e.Beans, Milk: e.Milk, Key: e.Key})
+		out = append(out, e.View(rec.Seq))
 	}
 	next := after
 	if len(out) > 0 {
