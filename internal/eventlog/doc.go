@@ -61,14 +61,37 @@
 //     file and the offset, and keeps every byte for a human to look at. Acknowledged facts are
 //     never dropped to make a log readable.
 //
-// A saturated batch index proves only that its batch began at least 65535 records earlier;
-// when that does not reach back to the bad record, the record may be of a later batch, and
-// Open refuses (a human can recover a refused log; a dropped durable record is gone).
+// A batch holds at most 65535 records (Submit flushes a full one first), so the index never
+// saturates in logs written now. Should a saturated index be found, it proves only that its
+// batch began at least 65535 records earlier; when that does not reach back to the bad record,
+// the record may be of a later batch, and Open refuses (a human can recover a refused log; a
+// dropped durable record is gone). A record longer than MaxRecordSize whose checksum holds is
+// whole, not torn (the log was opened with a smaller maximum than it was written with): Open
+// refuses, never cuts it.
 //
-// What this rule cannot tell apart: damage to the last batch after its fdatasync (a bit rotted
-// on disk in the newest records) looks like a torn write and is cut, as PostgreSQL and SQLite
-// end their logs at the first bad record of the tail. Disks report unreadable sectors as
-// errors, which Open does not hide (ErrStorage).
+// Before replaying, Open fsyncs the directory: a predecessor killed between a new segment's
+// rename and its directory fsync left a name only the page cache knows, and what this process
+// appends to that segment would vanish with the name in a power cut.
+//
+// What this rule cannot tell apart, or assumes:
+//
+//   - damage to the last batch after its fdatasync (a bit rotted on disk in the newest records)
+//     looks like a torn write and is cut, as PostgreSQL and SQLite end their logs at the first
+//     bad record of the tail. Disks report unreadable sectors as errors, which Open does not
+//     hide (ErrStorage).
+//   - powersafe overwrite (SQLite's term): a power cut while a sector is written damages only
+//     the bytes being written, not the earlier, durable bytes that share the sector with them
+//     (records are 8-byte aligned, so a batch usually starts inside the previous batch's last
+//     sector). A disk that garbles a whole sector can take the tail of an acknowledged batch
+//     with it; Open then refuses (or cuts records that were acknowledged). Padding every batch
+//     to a sector would remove the assumption at up to 511 bytes per fdatasync.
+//   - a failed fdatasync inside Open itself (the truncation of a torn tail, after a predecessor
+//     was killed between a batch's write and its fdatasync) returns ErrStorage without cutting
+//     the batch back: Open cannot tell, from the page cache, which of the replayed records
+//     reached the disk, and cutting ones that had been acknowledged would lose them. A restart
+//     on the same machine may then build on that batch, and a later power cut makes it damage
+//     that later batches follow: a refusal (CorruptError), not a silent loss. Reading the tail
+//     with O_DIRECT would close this.
 //
 // # Durability and group commit
 //

@@ -174,6 +174,13 @@ func (l *Log) recover(r Replayer, stats *ReplayStats) error {
 	if err != nil {
 		return err
 	}
+	// Make the directory as this process sees it durable before building on it: a predecessor
+	// killed between a file's rename and its directory fsync left a name that only the page
+	// cache knows, and records appended to that file would vanish with it in a power cut. The
+	// removals of temp files above become durable with it.
+	if err := l.opts.FS.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("%w: syncing directory %s: %w", ErrStorage, l.dir, err)
+	}
 	stats.SegmentCount = len(segs)
 	if len(snaps) > 0 {
 		s := snaps[len(snaps)-1]
@@ -269,6 +276,13 @@ func (l *Log) replaySegment(s segmentFile, last bool, r Replayer, stats *ReplayS
 // after its last batch was fsynced, and a new one is created (and its directory fsynced)
 // before any batch is written into it.
 func (l *Log) badRecord(path string, data []byte, off int64, expected uint64, last bool, err error, stats *ReplayStats) error {
+	if last && errors.Is(err, ErrRecordTooBig) {
+		if rec, _, whole := decodeRecord(data, off, len(data)); whole == nil {
+			// Whole and checksummed, only larger than this log accepts (it was opened with a
+			// smaller MaxRecordSize): written and synced, not torn. Never cut it.
+			return &CorruptError{File: path, Offset: off, Err: fmt.Errorf("%w (record %d is whole)", err, rec.Seq)}
+		}
+	}
 	if last {
 		at, seq, later := laterBatch(data, off, expected, l.opts.MaxRecordSize)
 		if !later {
@@ -386,6 +400,20 @@ func (l *Log) Submit(typ RecordType, payload []byte) (uint64, func() error, erro
 	if err := l.unusable(); err != nil {
 		l.mu.Unlock()
 		return 0, nil, err
+	}
+	// A batch holds at most maxBatchIndex records, so that every record's index within its
+	// batch is exact and recovery can always tell a torn batch from a later one: past that,
+	// the submitter leads (or waits for) a flush of the full batch first.
+	for l.cur.records >= maxBatchIndex {
+		if l.flushing {
+			l.cond.Wait()
+		} else {
+			l.flushLocked()
+		}
+		if err := l.unusable(); err != nil {
+			l.mu.Unlock()
+			return 0, nil, err
+		}
 	}
 	seq := l.nextSeq
 	l.nextSeq++

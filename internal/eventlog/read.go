@@ -142,7 +142,12 @@ func (l *Log) Read(after uint64, limit int) ([]Record, error) {
 		path := filepath.Join(l.dir, s.name)
 		f, err := openReader(l.opts.FS, path)
 		if errors.Is(err, fs.ErrNotExist) {
-			continue // compacted away meanwhile: its records are gone
+			if len(out) > 0 {
+				// Compacted away after the answer began: stop here rather than jump over the
+				// segment, so that an answer never has a gap; the next page goes on from out's end.
+				return out, nil
+			}
+			continue // compacted away before the answer began: it starts at the oldest one kept
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: reading %s: %w", ErrStorage, path, err)

@@ -168,12 +168,14 @@ func laterBatch(data []byte, off int64, expected uint64, maxSize int) (at int64,
 		h := data[p : p+headerSize]
 		n := binary.LittleEndian.Uint32(h[0:4])
 		// Cheap checks first: most offsets inside a torn batch hold zeros or payload bytes.
-		if h[4] == 0 || uint64(n) > uint64(maxSize) || int(h[5]) != paddedLen(int(n))-int(n) ||
+		// The length is bounded by the data, not by maxSize: a record whose CRC holds was written
+		// by the log, and an oversized one after a bad record must not pass for a torn tail.
+		if h[4] == 0 || int(h[5]) != paddedLen(int(n))-int(n) ||
 			p+int64(recordSize(int(n))) > int64(len(data)) {
 			p += alignment
 			continue
 		}
-		rec, next, err := decodeRecord(data, p, maxSize)
+		rec, next, err := decodeRecord(data, p, len(data))
 		if err != nil {
 			p += alignment
 			continue
