@@ -396,7 +396,9 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 		o.Status = OrderDispensed
 		o.DoneSeq = seq
 		delete(m.st.pending, o.ID)
-		m.doneQ.push(seq, o.ID)
+		if m.cfg.Retention.Orders > 0 {
+			m.doneQ.push(seq, o.ID)
+		}
 		m.st.Beans--
 		if o.UsesMilk {
 			m.st.Milk--
@@ -411,7 +413,7 @@ func (m *Machine) Apply(seq uint64, e *Event) error {
 	default:
 		return fmt.Errorf("vending: event %d has unknown kind %d", seq, e.Kind)
 	}
-	if e.Key != "" && e.Kind != KindBeverageDispensed {
+	if e.Key != "" && e.Kind != KindBeverageDispensed && m.cfg.Retention.Keys > 0 {
 		m.keyQ.push(seq, e.Key)
 	}
 	m.st.Seq = seq
@@ -471,15 +473,27 @@ func (q *fifo) pop() fifoItem {
 
 // rebuildQueues derives the retention queues from a restored state: keys by the sequence
 // they were recorded at, dispensed orders by the sequence they were dispensed at (the order
-// Apply pushed them in).
+// Apply pushed them in). A dimension kept whole (retention 0) has no queue.
 func (m *Machine) rebuildQueues() {
 	m.keyQ, m.doneQ = fifo{}, fifo{}
+	if m.cfg.Retention.Keys > 0 {
+		m.rebuildKeyQueue()
+	}
+	if m.cfg.Retention.Orders > 0 {
+		m.rebuildDoneQueue()
+	}
+}
+
+func (m *Machine) rebuildKeyQueue() {
 	keys := make([]fifoItem, 0, len(m.st.keys))
 	for k, r := range m.st.keys {
 		keys = append(keys, fifoItem{r.Seq, k})
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].seq < keys[j].seq })
 	m.keyQ.items = keys
+}
+
+func (m *Machine) rebuildDoneQueue() {
 	done := make([]fifoItem, 0, len(m.st.Orders)-len(m.st.pending))
 	for id, o := range m.st.Orders {
 		if o.Status == OrderDispensed {

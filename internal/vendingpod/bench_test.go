@@ -19,6 +19,7 @@ const benchEvents = 1_000_000
 func benchConfig() vending.Config {
 	cfg := vending.DefaultConfig()
 	cfg.BeanCapacity, cfg.MilkCapacity = 1_000_000, 1_000_000
+	cfg.Retention = vending.DefaultRetention // what cmd/vendingpod runs with
 	return cfg
 }
 
