@@ -341,3 +341,24 @@ func TestBadSpecsAreRejected(t *testing.T) {
 	g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "%v", err)
 	g.Expect(err.Error()).To(ContainSubstring("storage is immutable"))
 }
+
+// SIGTERM is a stop from outside (the kubelet, a drain), like SIGKILL: the pod exits 143 with a
+// Terminated message, and the default decider restarts it on the same log instead of escalating.
+func TestTerminatedRestartsByDefault(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	vm := createMachine(t, ns, "coffee", fastBackoff(0))
+	pod := waitPod(g, vm, 0)
+	kubeletRun(g, pod)
+	kubeletFail(g, pod, contract.ExitTerminated, failureMessage(contract.ReasonTerminated))
+
+	next := waitPod(g, vm, 1)
+	g.Expect(next.Spec.Volumes[0].PersistentVolumeClaim.ClaimName).To(Equal("coffee-log"))
+	g.Eventually(func(g Gomega) {
+		got := getMachine(g, vm)
+		g.Expect(got.Status.LastFailure).NotTo(BeNil())
+		g.Expect(got.Status.LastFailure.Reason).To(Equal(contract.ReasonTerminated))
+		g.Expect(got.Status.LastFailure.Action).To(Equal(vendingv1alpha1.ActionRestart))
+		g.Expect(condition(got, vendingv1alpha1.ConditionEscalated).Status).NotTo(Equal(metav1.ConditionTrue))
+	}).Should(Succeed())
+}
