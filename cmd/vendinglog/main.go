@@ -45,7 +45,7 @@ const usage = "usage: vendinglog dump DIR [--after N] [--limit N] [--json]"
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] != "dump" {
-		fmt.Fprintln(stderr, usage)
+		_, _ = fmt.Fprintln(stderr, usage)
 		return exitUsage
 	}
 	fs := flag.NewFlagSet("dump", flag.ContinueOnError)
@@ -67,12 +67,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		rest = fs.Args()[1:]
 	}
 	if len(dirs) != 1 || opts.limit < 0 {
-		fmt.Fprintln(stderr, usage)
+		_, _ = fmt.Fprintln(stderr, usage)
 		return exitUsage
 	}
 	d := &dumper{options: opts, out: stdout}
 	if err := d.dump(dirs[0]); err != nil {
-		fmt.Fprintln(stderr, "vendinglog:", err)
+		_, _ = fmt.Fprintln(stderr, "vendinglog:", err)
 		return exitUsage
 	}
 	if d.damaged {
@@ -141,10 +141,10 @@ type damageLine struct {
 func (d *dumper) emit(v any, text string) {
 	if d.json {
 		b, _ := json.Marshal(v)
-		fmt.Fprintf(d.out, "%s\n", b)
+		_, _ = fmt.Fprintf(d.out, "%s\n", b)
 		return
 	}
-	fmt.Fprintln(d.out, text)
+	_, _ = fmt.Fprintln(d.out, text)
 }
 
 func (d *dumper) full() bool { return d.limit > 0 && d.shown >= d.limit }
@@ -155,7 +155,7 @@ func (d *dumper) dump(dir string) error {
 		return err
 	}
 	if !d.json {
-		fmt.Fprintf(d.out, "log %s: %d files\n", dir, len(files))
+		_, _ = fmt.Fprintf(d.out, "log %s: %d files\n", dir, len(files))
 	}
 	for _, f := range files {
 		kind := "segment"
@@ -217,7 +217,7 @@ func (d *dumper) snapshot(path string) {
 func (d *dumper) segment(path string) error {
 	name := filepath.Base(path)
 	if !d.json {
-		fmt.Fprintf(d.out, "%s:\n", name)
+		_, _ = fmt.Fprintf(d.out, "%s:\n", name)
 	}
 	afterDamage := false
 	show := func(off int64, rec eventlog.Record) error {

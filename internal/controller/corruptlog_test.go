@@ -192,7 +192,7 @@ func TestStandaloneMachineEscalatesACorruptLogWithWhereAndWhatNext(t *testing.T)
 // The fleet's condition names every held machine, the first few with their whole message, so
 // that kubectl describe stays readable when many logs are corrupt at once.
 func TestHeldTextNamesEveryMachine(t *testing.T) {
-	var hs []fleet.Hold
+	hs := make([]fleet.Hold, 0, 5)
 	for i := range 5 {
 		name := fmt.Sprintf("f-%d", i)
 		hs = append(hs, fleet.Hold{Index: i, Name: name, Message: "machine " + name + " cannot open its event log."})

@@ -132,7 +132,7 @@ func heldText(hs []fleet.Hold) string {
 	parts := make([]string, 0, full+1)
 	for i, h := range hs {
 		if i == full {
-			var rest []string
+			rest := make([]string, 0, len(hs)-full)
 			for _, h := range hs[full:] {
 				rest = append(rest, h.Name)
 			}

@@ -34,6 +34,9 @@ import (
 // DefaultVendingImage is the vending pod image for machines that name none.
 const DefaultVendingImage = "vendingfleet/vendingpod:dev"
 
+// kindVendingFleet is the Kind of a VendingFleet, as a machine's controller reference names it.
+const kindVendingFleet = "VendingFleet"
+
 // stateRefresh is how often a ready machine's reported state (coins, degraded) is read again.
 const stateRefresh = 30 * time.Second
 
@@ -144,7 +147,7 @@ func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alp
 // escalationTarget names who an escalation goes to: the owning VendingFleet (which decides
 // what to do about the machine) or, at the top of the tree, humans.
 func escalationTarget(vm *vendingv1alpha1.VendingMachine) string {
-	if ref := metav1.GetControllerOf(vm); ref != nil && ref.Kind == "VendingFleet" {
+	if ref := metav1.GetControllerOf(vm); ref != nil && ref.Kind == kindVendingFleet {
 		return "VendingFleet " + ref.Name
 	}
 	return "humans (kubectl describe)"

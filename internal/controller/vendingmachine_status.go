@@ -139,9 +139,9 @@ func corruptLogMessage(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, f ve
 	var who string
 	ref := metav1.GetControllerOf(vm)
 	switch {
-	case ref != nil && ref.Kind == "VendingFleet" && pod != nil && vm.Annotations[annotationCorruptLogHeld] == pod.Name:
+	case ref != nil && ref.Kind == kindVendingFleet && pod != nil && vm.Annotations[annotationCorruptLogHeld] == pod.Name:
 		who = fmt.Sprintf("VendingFleet %s escalated it to humans and keeps the claim as it is (spec.corruptLog.policy: Escalate)", ref.Name)
-	case ref != nil && ref.Kind == "VendingFleet":
+	case ref != nil && ref.Kind == kindVendingFleet:
 		who = fmt.Sprintf("Escalated to VendingFleet %s, whose spec.corruptLog.policy decides: Escalate (the default) "+
 			"keeps the claim for humans, StartNewLog quarantines it and starts the machine on a new, empty log", ref.Name)
 	default:
@@ -149,7 +149,7 @@ func corruptLogMessage(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, f ve
 	}
 	next := fmt.Sprintf("Then repair or restore the log and reset the machine (kubectl annotate vend %s %s=<new value> --overwrite)",
 		vm.Name, annotationReset)
-	if ref != nil && ref.Kind == "VendingFleet" {
+	if ref != nil && ref.Kind == kindVendingFleet {
 		next += fmt.Sprintf(", or give up what the log acknowledged: set VendingFleet %s spec.corruptLog.policy to StartNewLog", ref.Name)
 	}
 	return fmt.Sprintf("pod %s cannot open its event log: %s; %s. "+

@@ -172,7 +172,7 @@ func TestDecide(t *testing.T) {
 }
 
 func heldNames(p Plan) []string {
-	var out []string
+	out := make([]string, 0, len(p.Held))
 	for _, h := range p.Held {
 		out = append(out, h.Name)
 	}

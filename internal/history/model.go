@@ -212,13 +212,13 @@ func equal(a, b machine) bool {
 
 func hash(m machine) uint64 {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%d/%d/%d/%d/%d/%d", m.inserted, m.total, m.dispensed, m.lastSeq, m.nkeys, m.keysHash)
+	_, _ = fmt.Fprintf(h, "%d/%d/%d/%d/%d/%d", m.inserted, m.total, m.dispensed, m.lastSeq, m.nkeys, m.keysHash)
 	return h.Sum64()
 }
 
 func (r *keyRecord) hash() uint64 {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s/%d/%+v/%t", r.key, r.kind, r.out, r.seqKnown)
+	_, _ = fmt.Fprintf(h, "%s/%d/%+v/%t", r.key, r.kind, r.out, r.seqKnown)
 	return h.Sum64()
 }
 
