@@ -97,7 +97,7 @@ func BenchmarkTornTailScan(b *testing.B) {
 			b.SetBytes(int64(len(data)))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if _, _, later := laterBatch(data, 0, 1, DefaultMaxRecordSize); later {
+				if _, _, later := laterBatch(data, 0, 1); later {
 					b.Fatal("a later batch in noise")
 				}
 			}

@@ -284,7 +284,7 @@ func (l *Log) badRecord(path string, data []byte, off int64, expected uint64, la
 		}
 	}
 	if last {
-		at, seq, later := laterBatch(data, off, expected, l.opts.MaxRecordSize)
+		at, seq, later := laterBatch(data, off, expected)
 		if !later {
 			return l.repairTornTail(path, data, off, stats)
 		}

@@ -104,7 +104,7 @@ func (r *recordReader) next() (Record, error) {
 		}
 		// Only a record cut short (or a header that looks like the zeros of the end) can be
 		// the window's doing; anything else is what the file holds.
-		if r.eof || !(errors.Is(err, errTornRecord) || errors.Is(err, io.EOF)) {
+		if r.eof || (!errors.Is(err, errTornRecord) && !errors.Is(err, io.EOF)) {
 			return Record{}, err
 		}
 		if r.off == r.bufOff { // the record is larger than the window: grow it, once per doubling

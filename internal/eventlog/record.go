@@ -163,12 +163,12 @@ func batchIndex(data []byte, off int64) int {
 // safe).
 //
 // It returns the offset and sequence of the first such record, and ok = true if there is one.
-func laterBatch(data []byte, off int64, expected uint64, maxSize int) (at int64, seq uint64, ok bool) {
+func laterBatch(data []byte, off int64, expected uint64) (at int64, seq uint64, ok bool) {
 	for p := off + alignment; p+headerSize <= int64(len(data)); {
 		h := data[p : p+headerSize]
 		n := binary.LittleEndian.Uint32(h[0:4])
 		// Cheap checks first: most offsets inside a torn batch hold zeros or payload bytes.
-		// The length is bounded by the data, not by maxSize: a record whose CRC holds was written
+		// The length is bounded by the data, not by the maximum record size: a record whose CRC holds was written
 		// by the log, and an oversized one after a bad record must not pass for a torn tail.
 		if h[4] == 0 || int(h[5]) != paddedLen(int(n))-int(n) ||
 			p+int64(recordSize(int(n))) > int64(len(data)) {

@@ -73,7 +73,7 @@ func TestRedTeamKillBetweenRenameAndDirSyncFixedByDirSyncAtOpen(t *testing.T) {
 type dirSyncAtOpenFS struct{ *crashfs.FS }
 
 func (f dirSyncAtOpenFS) ReadDir(name string) ([]os.DirEntry, error) {
-	if err := f.FS.SyncDir(name); err != nil {
+	if err := f.SyncDir(name); err != nil {
 		return nil, err
 	}
 	return f.FS.ReadDir(name)
@@ -408,7 +408,7 @@ func TestRedTeamMissingFsyncsAreCaught(t *testing.T) {
 				}
 			}
 		}
-		out := m.FS.Crash(crash)
+		out := m.Crash(crash)
 		_, st, err := eventlog.Open(logDir, eventlog.Options{FS: out, SegmentSize: 400}, &collector{})
 		return outcome{lost: err == nil && st.LastSeq < acked, refused: err != nil}
 	}
@@ -593,7 +593,7 @@ func TestRedTeamReadAcrossCompactionHasNoGap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var seqs []uint64
+	seqs := make([]uint64, 0, len(recs))
 	for _, r := range recs {
 		seqs = append(seqs, r.Seq)
 	}

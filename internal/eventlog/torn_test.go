@@ -163,7 +163,7 @@ func TestLaterBatch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, later := laterBatch(tt.data, 0, 10, 1<<20)
+			_, _, later := laterBatch(tt.data, 0, 10)
 			if later != tt.later {
 				t.Fatalf("laterBatch = %v, want %v", later, tt.later)
 			}

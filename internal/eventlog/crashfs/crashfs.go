@@ -77,6 +77,10 @@ const (
 	OpOpen     OpKind = "open" // opening an existing file
 )
 
+// pathOpOpen is the Op of the *os.PathError a missing (or, with O_EXCL, existing) file
+// returns, as the os package names it: the operation of the os package, not an OpKind.
+const pathOpOpen = "open"
+
 // Op is one recorded operation.
 type Op struct {
 	Kind OpKind
@@ -159,7 +163,6 @@ type FS struct {
 	cutAt  int // index of the first operation that fails; -1: never
 	cut    bool
 	faults []*faultState
-	counts map[OpKind]int
 	locks  map[string]bool
 	rng    *rand.Rand
 }
@@ -214,9 +217,9 @@ func (f *FS) Inject(ft Fault) {
 	f.faults = append(f.faults, &faultState{Fault: ft})
 }
 
-// begin counts an operation of kind k on p, and says whether it may run: after a cut it
+// begin counts an operation of kind k, and says whether it may run: after a cut it
 // returns ErrPowerCut, and an injected fault returns its fault. Called with f.mu held.
-func (f *FS) begin(k OpKind, p string) (*Fault, error) {
+func (f *FS) begin(k OpKind) (*Fault, error) {
 	if f.cut {
 		return nil, ErrPowerCut
 	}
@@ -244,7 +247,7 @@ func clean(p string) string { return filepath.Clean(p) }
 func (f *FS) lookupDir(p string) (*dir, string, error) {
 	d, ok := f.dirs[filepath.Dir(p)]
 	if !ok {
-		return nil, "", &os.PathError{Op: "open", Path: p, Err: syscall.ENOENT}
+		return nil, "", &os.PathError{Op: pathOpOpen, Path: p, Err: syscall.ENOENT}
 	}
 	return d, filepath.Base(p), nil
 }
@@ -257,7 +260,7 @@ func (f *FS) MkdirAll(p string, _ os.FileMode) error {
 	if _, ok := f.dirs[p]; ok {
 		return nil
 	}
-	if _, err := f.begin(OpMkdir, p); err != nil {
+	if _, err := f.begin(OpMkdir); err != nil {
 		return err
 	}
 	for q := p; ; q = filepath.Dir(q) {
@@ -284,15 +287,15 @@ func (f *FS) OpenFile(name string, flag int, _ os.FileMode) (eventlog.File, erro
 	ino, exists := d.cur[base]
 	switch {
 	case exists && flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0:
-		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.EEXIST}
+		return nil, &os.PathError{Op: pathOpOpen, Path: name, Err: syscall.EEXIST}
 	case !exists && flag&os.O_CREATE == 0:
-		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.ENOENT}
+		return nil, &os.PathError{Op: pathOpOpen, Path: name, Err: syscall.ENOENT}
 	}
 	kind := OpOpen
 	if !exists {
 		kind = OpCreate
 	}
-	ft, err := f.begin(kind, name)
+	ft, err := f.begin(kind)
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +329,7 @@ func (f *FS) ReadFile(name string) ([]byte, error) {
 	}
 	ino, ok := d.cur[base]
 	if !ok {
-		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.ENOENT}
+		return nil, &os.PathError{Op: pathOpOpen, Path: name, Err: syscall.ENOENT}
 	}
 	return append([]byte(nil), ino.data...), nil
 }
@@ -340,7 +343,7 @@ func (f *FS) ReadDir(name string) ([]os.DirEntry, error) {
 	}
 	d, ok := f.dirs[clean(name)]
 	if !ok {
-		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.ENOENT}
+		return nil, &os.PathError{Op: pathOpOpen, Path: name, Err: syscall.ENOENT}
 	}
 	var out []os.DirEntry
 	for n, ino := range d.cur {
@@ -375,7 +378,7 @@ func (f *FS) Rename(oldpath, newpath string) error {
 	if !ok {
 		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.ENOENT}
 	}
-	ft, err := f.begin(OpRename, oldpath)
+	ft, err := f.begin(OpRename)
 	if err != nil {
 		return err
 	}
@@ -402,7 +405,7 @@ func (f *FS) Remove(name string) error {
 	if _, ok := d.cur[base]; !ok {
 		return &os.PathError{Op: "remove", Path: name, Err: syscall.ENOENT}
 	}
-	ft, err := f.begin(OpRemove, name)
+	ft, err := f.begin(OpRemove)
 	if err != nil {
 		return err
 	}
@@ -423,9 +426,9 @@ func (f *FS) SyncDir(name string) error {
 	name = clean(name)
 	d, ok := f.dirs[name]
 	if !ok {
-		return &os.PathError{Op: "open", Path: name, Err: syscall.ENOENT}
+		return &os.PathError{Op: pathOpOpen, Path: name, Err: syscall.ENOENT}
 	}
-	ft, err := f.begin(OpSyncDir, name)
+	ft, err := f.begin(OpSyncDir)
 	if err != nil {
 		return err
 	}
@@ -484,7 +487,7 @@ func (h *file) Write(p []byte) (int, error) {
 	if h.closed {
 		return 0, os.ErrClosed
 	}
-	ft, err := f.begin(OpWrite, h.name)
+	ft, err := f.begin(OpWrite)
 	if err != nil {
 		return 0, err
 	}
@@ -515,7 +518,7 @@ func (h *file) Sync() error {
 	if h.closed {
 		return os.ErrClosed
 	}
-	ft, err := f.begin(OpSync, h.name)
+	ft, err := f.begin(OpSync)
 	if err != nil {
 		return err
 	}
@@ -539,7 +542,7 @@ func (h *file) Truncate(size int64) error {
 	if h.closed {
 		return os.ErrClosed
 	}
-	ft, err := f.begin(OpTruncate, h.name)
+	ft, err := f.begin(OpTruncate)
 	if err != nil {
 		return err
 	}
@@ -801,32 +804,8 @@ func (n *inode) crashed(r *rand.Rand, m TearMode) []byte {
 	size := pickSize(r, oldLen, newLen)
 	out := make([]byte, size)
 	copy(out, n.durable)
-	pend := make([]bool, size)
-	for _, e := range n.pending {
-		for i := e.off; i < min(e.end, size); i++ {
-			pend[i] = true
-		}
-	}
-	newByte := func(i int64) byte {
-		if i < newLen {
-			return n.data[i]
-		}
-		return 0
-	}
-	// Pieces: runs of pending bytes split at sector boundaries, or at random points.
-	bySector := r.Intn(2) == 0
-	fill := r.Intn(3) // lost bytes: 0 zeros, 1 garbage, 2 old bytes
-	var cuts map[int64]bool
-	if !bySector {
-		cuts = map[int64]bool{}
-		for i := 0; i < 1+r.Intn(4) && size > 0; i++ {
-			cuts[r.Int63n(size)] = true
-		}
-	}
-	prefixEnd := r.Int63n(size + 1) // TearPrefix: pending bytes before it survive
-	if bySector {
-		prefixEnd = prefixEnd / sectorSize * sectorSize
-	}
+	pend := n.pendingMask(size)
+	t := newTear(r, m, size)
 	keepPiece := false
 	for i := int64(0); i < size; i++ {
 		if !pend[i] {
@@ -835,24 +814,85 @@ func (n *inode) crashed(r *rand.Rand, m TearMode) []byte {
 			}
 			continue
 		}
-		if i == 0 || !pend[i-1] || (bySector && i%sectorSize == 0) || (!bySector && cuts[i]) {
-			keepPiece = r.Intn(2) == 0 // a new piece
+		keepPiece = t.keep(i, pend, keepPiece)
+		if keepPiece {
+			out[i] = n.newByte(i)
+			continue
 		}
-		if m == TearPrefix {
-			keepPiece = i < prefixEnd
-		}
-		switch {
-		case keepPiece:
-			out[i] = newByte(i)
-		case fill == 0:
-			out[i] = 0
-		case fill == 1:
-			out[i] = byte(r.Intn(256))
-		case i >= oldLen:
-			out[i] = 0 // no old bytes past the durable end
-		}
+		t.lose(out, i, oldLen)
 	}
 	return out
+}
+
+// pendingMask says, for each of the first size bytes, whether a write not yet synced covers it.
+func (n *inode) pendingMask(size int64) []bool {
+	pend := make([]bool, size)
+	for _, e := range n.pending {
+		for i := e.off; i < min(e.end, size); i++ {
+			pend[i] = true
+		}
+	}
+	return pend
+}
+
+// newByte is byte i of the file as written (0 past its end).
+func (n *inode) newByte(i int64) byte {
+	if i < int64(len(n.data)) {
+		return n.data[i]
+	}
+	return 0
+}
+
+// tear is how a crash tears the pending bytes of one file: into pieces that survive or not.
+type tear struct {
+	r         *rand.Rand
+	m         TearMode
+	bySector  bool           // pieces split at sector boundaries (else at cuts)
+	cuts      map[int64]bool // random points where pieces split, when not bySector
+	fill      int            // lost bytes: 0 zeros, 1 garbage, 2 old bytes
+	prefixEnd int64          // TearPrefix: pending bytes before it survive
+}
+
+func newTear(r *rand.Rand, m TearMode, size int64) *tear {
+	t := &tear{r: r, m: m}
+	// Pieces: runs of pending bytes split at sector boundaries, or at random points.
+	t.bySector = r.Intn(2) == 0
+	t.fill = r.Intn(3) // lost bytes: 0 zeros, 1 garbage, 2 old bytes
+	if !t.bySector {
+		t.cuts = map[int64]bool{}
+		for i := 0; i < 1+r.Intn(4) && size > 0; i++ {
+			t.cuts[r.Int63n(size)] = true
+		}
+	}
+	t.prefixEnd = r.Int63n(size + 1) // TearPrefix: pending bytes before it survive
+	if t.bySector {
+		t.prefixEnd = t.prefixEnd / sectorSize * sectorSize
+	}
+	return t
+}
+
+// keep says whether pending byte i survives, given whether the byte before it (in its piece)
+// did: a new piece draws again.
+func (t *tear) keep(i int64, pend []bool, keepPiece bool) bool {
+	if i == 0 || !pend[i-1] || (t.bySector && i%sectorSize == 0) || (!t.bySector && t.cuts[i]) {
+		keepPiece = t.r.Intn(2) == 0 // a new piece
+	}
+	if t.m == TearPrefix {
+		keepPiece = i < t.prefixEnd
+	}
+	return keepPiece
+}
+
+// lose sets out[i], a pending byte lost in the crash, to what the tear leaves there.
+func (t *tear) lose(out []byte, i, oldLen int64) {
+	switch {
+	case t.fill == 0:
+		out[i] = 0
+	case t.fill == 1:
+		out[i] = byte(t.r.Intn(256))
+	case i >= oldLen:
+		out[i] = 0 // no old bytes past the durable end
+	}
 }
 
 func pickSize(r *rand.Rand, oldLen, newLen int64) int64 {
