@@ -105,11 +105,9 @@ func Mount(backing, mountpoint string) (*FS, error) {
 		return nil, fmt.Errorf("lazyfs: backing directory %s: %w", backing, err)
 	}
 	lfs := &FS{backing: backing, mountpoint: mountpoint, files: map[uint64]*dirtyFile{}}
-	root := &fs.LoopbackRoot{Path: backing, Dev: uint64(st.Dev)}
-	root.NewNode = func(r *fs.LoopbackRoot, _ *fs.Inode, _ string, _ *syscall.Stat_t) fs.InodeEmbedder {
-		return &node{LoopbackNode: fs.LoopbackNode{RootData: r}, lfs: lfs}
-	}
-	rootNode := root.NewNode(root, nil, "", &st)
+	root := &fs.LoopbackRoot{Path: backing, Dev: st.Dev}
+	// The nodes below the root are made lazyfs nodes by (*node).WrapChild.
+	rootNode := &node{LoopbackNode: fs.LoopbackNode{RootData: root}, lfs: lfs}
 	root.RootNode = rootNode
 	zero := time.Duration(0)
 	server, err := fs.Mount(mountpoint, rootNode, &fs.Options{
@@ -246,14 +244,17 @@ func (l *FS) writeTornPrefix(ino uint64, d *dirtyFile, rng *rand.Rand) (int64, e
 	if err != nil {
 		return 0, fmt.Errorf("lazyfs: tearing %s: %w", path, err)
 	}
-	defer f.Close()
 	var kept int64
 	for _, p := range idx[:k] {
 		b := d.pageBytes(p)
 		if _, err := f.WriteAt(b, p*pageSize); err != nil {
+			_ = f.Close() // the write error is the one to report
 			return kept, fmt.Errorf("lazyfs: tearing %s: %w", path, err)
 		}
 		kept += int64(len(b))
+	}
+	if err := f.Close(); err != nil {
+		return kept, fmt.Errorf("lazyfs: tearing %s: %w", path, err)
 	}
 	return kept, nil
 }
@@ -484,14 +485,25 @@ type node struct {
 	lfs *FS
 }
 
+// WrapChild makes each node the loopback creates below n (by LOOKUP, CREATE, MKDIR, ...) a
+// node of this file system, as the loopback's own nodes would be otherwise.
+func (n *node) WrapChild(_ context.Context, ops fs.InodeEmbedder) fs.InodeEmbedder {
+	ln, ok := ops.(*fs.LoopbackNode)
+	if !ok {
+		return ops
+	}
+	return &node{LoopbackNode: fs.LoopbackNode{RootData: ln.RootData}, lfs: n.lfs}
+}
+
 var (
-	_ fs.NodeOpener    = (*node)(nil)
-	_ fs.NodeCreater   = (*node)(nil)
-	_ fs.NodeGetattrer = (*node)(nil)
-	_ fs.NodeSetattrer = (*node)(nil)
-	_ fs.NodeStatxer   = (*node)(nil)
-	_ fs.NodeUnlinker  = (*node)(nil)
-	_ fs.NodeRenamer   = (*node)(nil)
+	_ fs.NodeOpener      = (*node)(nil)
+	_ fs.NodeWrapChilder = (*node)(nil)
+	_ fs.NodeCreater     = (*node)(nil)
+	_ fs.NodeGetattrer   = (*node)(nil)
+	_ fs.NodeSetattrer   = (*node)(nil)
+	_ fs.NodeStatxer     = (*node)(nil)
+	_ fs.NodeUnlinker    = (*node)(nil)
+	_ fs.NodeRenamer     = (*node)(nil)
 )
 
 func (n *node) backingPath() string {
@@ -520,7 +532,8 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 }
 
 // Create creates the backing file at once (metadata is not cached) and opens it like Open.
-func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+func (n *node) Create(ctx context.Context, name string, flags, mode uint32,
+	out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	done, errno := n.lfs.enter()
 	if errno != 0 {
 		return nil, nil, 0, errno
