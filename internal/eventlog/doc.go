@@ -40,7 +40,9 @@
 // # Recovery
 //
 // Open loads the newest snapshot, then replays the records after it, checking that sequences
-// follow each other. The rule that decides between a torn tail and corruption is where a
+// follow each other. It streams each segment through a 64 KiB window, so that opening a log
+// costs the state it rebuilds, not its segments' size; only a record that does not decode
+// makes it read that segment whole, to decide what the damage is. The rule that decides between a torn tail and corruption is where a
 // power cut can do damage: only in the last batch, the one write that was not yet followed by
 // a successful fdatasync. A batch goes into one segment with one write and one fdatasync, and
 // the next batch is written only after that fdatasync returned; a new segment is created, and

@@ -50,7 +50,8 @@ func (o *Options) defaults() {
 }
 
 // Replayer receives what Open recovers: first the newest snapshot, if any, then every record
-// after it, in order.
+// after it, in order. A record's payload is valid only during the call (replay streams the
+// segments through a reused window): copy what must outlive it.
 type Replayer interface {
 	RestoreSnapshot(seq uint64, data []byte) error
 	ReplayRecord(r Record) error
@@ -234,12 +235,46 @@ func (l *Log) readSnapshot(name string) (Record, error) {
 
 func (l *Log) replaySegment(s segmentFile, last bool, r Replayer, stats *ReplayStats) error {
 	path := filepath.Join(l.dir, s.name)
+	f, err := openReader(l.opts.FS, path)
+	if err != nil {
+		return fmt.Errorf("%w: reading %s: %w", ErrStorage, path, err)
+	}
+	defer func() { _ = f.Close() }()
+	// The common case streams the segment through a bounded window, so that replay costs the
+	// state, not the segment's size. Anything else than a whole record or a clean end the
+	// window confirms (a bad record, zeros the window cannot see past) is decided on the whole
+	// file by replayWhole: the rare path, where memory matters less than the right answer.
+	rr := newRecordReader(f, path, l.opts.MaxRecordSize)
+	expected := s.firstSeq // the sequence of the record at rr.off
+	for {
+		off := rr.off
+		rec, err := rr.next()
+		switch {
+		case err == nil:
+			if err := l.replayRecord(path, off, rec, r, stats); err != nil {
+				return err
+			}
+			expected = rec.Seq + 1
+			continue
+		case errors.Is(err, io.EOF) && rr.eof:
+			if last {
+				return l.openSegmentForAppend(path, off)
+			}
+			return nil
+		case errors.Is(err, ErrStorage):
+			return err
+		}
+		return l.replayWhole(path, off, expected, last, r, stats)
+	}
+}
+
+// replayWhole replays a segment from off on with the file read whole, and decides what a
+// record that does not decode means (badRecord).
+func (l *Log) replayWhole(path string, off int64, expected uint64, last bool, r Replayer, stats *ReplayStats) error {
 	data, err := l.opts.FS.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("%w: reading %s: %w", ErrStorage, path, err)
 	}
-	var off int64
-	expected := s.firstSeq // the sequence of the record at off
 	for {
 		rec, next, err := decodeRecord(data, off, l.opts.MaxRecordSize)
 		if errors.Is(err, io.EOF) {
@@ -248,24 +283,33 @@ func (l *Log) replaySegment(s segmentFile, last bool, r Replayer, stats *ReplayS
 		if err != nil {
 			return l.badRecord(path, data, off, expected, last, err, stats)
 		}
-		switch {
-		case rec.Seq <= stats.SnapshotSeq:
-			// Covered by the snapshot; the segment just was not compacted yet.
-		case rec.Seq != stats.LastSeq+1:
-			return &CorruptError{File: path, Offset: off,
-				Err: fmt.Errorf("%w: record %d follows %d", ErrSequenceGap, rec.Seq, stats.LastSeq)}
-		default:
-			if err := r.ReplayRecord(rec); err != nil {
-				return &CorruptError{File: path, Offset: off, Err: err}
-			}
-			stats.Records++
-			stats.LastSeq = rec.Seq
+		if err := l.replayRecord(path, off, rec, r, stats); err != nil {
+			return err
 		}
 		expected = rec.Seq + 1
 		off = next
 	}
 	if last {
 		return l.openSegmentForAppend(path, off)
+	}
+	return nil
+}
+
+// replayRecord hands a decoded record at off to the replayer, unless the snapshot covers it,
+// checking that sequences follow each other.
+func (l *Log) replayRecord(path string, off int64, rec Record, r Replayer, stats *ReplayStats) error {
+	switch {
+	case rec.Seq <= stats.SnapshotSeq:
+		// Covered by the snapshot; the segment just was not compacted yet.
+	case rec.Seq != stats.LastSeq+1:
+		return &CorruptError{File: path, Offset: off,
+			Err: fmt.Errorf("%w: record %d follows %d", ErrSequenceGap, rec.Seq, stats.LastSeq)}
+	default:
+		if err := r.ReplayRecord(rec); err != nil {
+			return &CorruptError{File: path, Offset: off, Err: err}
+		}
+		stats.Records++
+		stats.LastSeq = rec.Seq
 	}
 	return nil
 }

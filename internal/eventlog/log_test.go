@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"syscall"
@@ -485,4 +486,50 @@ func FuzzDecodeRecord(f *testing.F) {
 			off = next
 		}
 	})
+}
+
+// countingReplayer counts records and keeps nothing, so that Open's own memory shows.
+type countingReplayer struct{ n int }
+
+func (*countingReplayer) RestoreSnapshot(uint64, []byte) error { return nil }
+func (c *countingReplayer) ReplayRecord(Record) error          { c.n++; return nil }
+
+// Replay streams a segment through the readers' window: opening a log costs the state it
+// rebuilds, not the size of its last segment (64 MiB by default, in a pod limited to 256 MiB).
+func TestReplayMemoryIsIndependentOfSegmentSize(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := Open(dir, Options{SegmentSize: 1 << 30}, &countingReplayer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, size = 200_000, 100 // one 24 MiB segment
+	var last uint64
+	p := bytes.Repeat([]byte{'x'}, size)
+	for i := 0; i < n; i++ {
+		if last, _, err = l.Submit(16, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.WaitDurable(last); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r := &countingReplayer{}
+	l, st, err := Open(dir, Options{SegmentSize: 1 << 30}, r)
+	runtime.ReadMemStats(&after)
+	if err != nil || r.n != n || st.LastSeq != n {
+		t.Fatalf("replayed %d records up to %d: %v", r.n, st.LastSeq, err)
+	}
+	defer l.Close()
+	const budget = 2 << 20
+	alloc := after.TotalAlloc - before.TotalAlloc
+	if alloc > budget {
+		t.Fatalf("Open of a %d MiB segment allocated %d bytes, budget %d", n*(size+28)>>20, alloc, budget)
+	}
+	t.Logf("Open of a %d MiB segment allocated %d KiB", n*(size+28)>>20, alloc>>10)
 }

@@ -9,9 +9,10 @@ import (
 	"path/filepath"
 )
 
-// readWindow is the bytes a reader holds of a file at a time: reading the log costs this much
-// memory (plus one record, if a record is larger), whatever the size of its segments.
-const readWindow = 64 << 10
+// readWindow is the bytes a reader holds of a file at a time: reading or replaying the log
+// costs this much memory (plus one record, if a record is larger), whatever the size of its
+// segments. A variable only so that tests can make records cross windows.
+var readWindow = 64 << 10
 
 // ReadOnlyFile is a file opened for reading only.
 type ReadOnlyFile interface {

@@ -38,6 +38,7 @@
 package crashfs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -333,6 +334,20 @@ func (f *FS) ReadFile(name string) ([]byte, error) {
 	}
 	return append([]byte(nil), ino.data...), nil
 }
+
+// OpenReader opens a file read-only (eventlog.ReaderFS): what it holds now, as ReadFile, read
+// through the log's bounded window as the real file system is.
+func (f *FS) OpenReader(name string) (eventlog.ReadOnlyFile, error) {
+	data, err := f.ReadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	return readOnly{bytes.NewReader(data)}, nil
+}
+
+type readOnly struct{ *bytes.Reader }
+
+func (readOnly) Close() error { return nil }
 
 // ReadDir lists a directory, sorted by name.
 func (f *FS) ReadDir(name string) ([]os.DirEntry, error) {
