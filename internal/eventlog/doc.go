@@ -32,7 +32,8 @@
 // checked against MaxRecordSize before anything is allocated.
 //
 // The batch index (uint16) is the record's position, from 0, in the group commit it was
-// written by, saturating at 65535: the batch began at sequence-index. Logs written before it
+// written by (a batch holds at most 65535 records, so it is exact): the batch began at
+// sequence-index. Logs written before it
 // existed have 0 there (every record its own batch), which is still valid and only makes
 // recovery stricter; a log written with batch indexes is refused as malformed by older
 // versions, not misread.

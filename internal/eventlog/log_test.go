@@ -533,3 +533,43 @@ func TestReplayMemoryIsIndependentOfSegmentSize(t *testing.T) {
 	}
 	t.Logf("Open of a %d MiB segment allocated %d KiB", n*(size+28)>>20, alloc>>10)
 }
+
+// A Read never jumps over a record it cannot decode: where a durable record must be, the
+// damage is reported (file and offset), not skipped into an answer with a gap.
+func TestReadReportsDamageInsteadOfAGap(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := Open(dir, Options{SegmentSize: 256}, &countingReplayer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 1; i <= 40; i++ {
+		if _, err := l.Append(16, payload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seg := filepath.Join(dir, segmentName(1))
+	data, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[headerSize+recordSize(len(payload(1)))] ^= 0x40 // the second record's payload
+	if err := os.WriteFile(seg, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.Read(0, 1000)
+	var ce *CorruptError
+	if !errors.As(err, &ce) || ce.File != seg {
+		seqs := make([]uint64, 0, len(recs))
+		for _, r := range recs {
+			seqs = append(seqs, r.Seq)
+		}
+		t.Fatalf("Read over a damaged record: %v, records %v; want a CorruptError naming %s", err, seqs, seg)
+	}
+	if len(recs) != 1 || recs[0].Seq != 1 {
+		t.Fatalf("records before the damage: %d, want only record 1", len(recs))
+	}
+	if recs, err := l.Read(20, 5); err != nil || len(recs) != 5 || recs[0].Seq != 21 {
+		t.Fatalf("a page after the damaged segment: %d records, %v", len(recs), err)
+	}
+}

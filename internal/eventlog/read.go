@@ -153,9 +153,10 @@ func (l *Log) Read(after uint64, limit int) ([]Record, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: reading %s: %w", ErrStorage, path, err)
 		}
-		out, err = readSegment(newRecordReader(f, path, l.opts.MaxRecordSize), after, durable, limit, out)
+		var done bool
+		out, done, err = readSegment(newRecordReader(f, path, l.opts.MaxRecordSize), s.firstSeq, after, durable, limit, out)
 		_ = f.Close() // read-only: nothing to lose
-		if err != nil || len(out) == limit {
+		if err != nil || done || len(out) == limit {
 			return out, err
 		}
 	}
@@ -163,23 +164,35 @@ func (l *Log) Read(after uint64, limit int) ([]Record, error) {
 }
 
 // readSegment appends to out the records of one segment after after and at most durable,
-// until out holds limit.
-func readSegment(r *recordReader, after, durable uint64, limit int, out []Record) ([]Record, error) {
+// until out holds limit. done says that the answer ends here: the durable records end in this
+// segment. A record that does not decode where a durable record must be (its sequence would be
+// at most durable: written and fsynced) is corruption, reported, never skipped: an answer has
+// no gaps. Past durable it is the batch being written: the end.
+func readSegment(r *recordReader, firstSeq, after, durable uint64, limit int, out []Record) ([]Record, bool, error) {
+	expected := firstSeq // the sequence of the record at r.off
 	for {
 		rec, err := r.next()
-		if errors.Is(err, ErrStorage) {
-			return out, err
-		}
-		if err != nil || rec.Seq > durable {
-			return out, nil // the end, or a batch still being written
-		}
-		if rec.Seq > after {
-			rec.Payload = append([]byte(nil), rec.Payload...)
-			out = append(out, rec)
-			if len(out) == limit {
-				return out, nil
+		switch {
+		case errors.Is(err, ErrStorage):
+			return out, true, err
+		case err == nil && rec.Seq > durable:
+			return out, true, nil // a batch still being written
+		case err == nil:
+			if rec.Seq > after {
+				rec.Payload = append([]byte(nil), rec.Payload...)
+				out = append(out, rec)
+				if len(out) == limit {
+					return out, true, nil
+				}
 			}
+			expected = rec.Seq + 1
+			continue
+		case errors.Is(err, io.EOF) && r.eof:
+			return out, false, nil // the end of this segment: the next one goes on
+		case expected > durable:
+			return out, true, nil // the batch being written, torn by the write in flight
 		}
+		return out, true, &CorruptError{File: r.path, Offset: r.off, Err: err}
 	}
 }
 

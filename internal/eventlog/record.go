@@ -21,8 +21,10 @@ const (
 	// key), so it may be far larger than any event.
 	MaxSnapshotSize = 1 << 30
 
-	// maxBatchIndex is where a record's index within its group commit saturates (header bytes
-	// 6-7). A saturated index only bounds where the batch started: see laterBatch.
+	// maxBatchIndex bounds a record's index within its group commit (header bytes 6-7): Submit
+	// caps a batch at maxBatchIndex records, so indexes run 0..maxBatchIndex-1 and are exact.
+	// The index is still written saturating, and read as a bound (laterBatch), in case a log
+	// holds one that is not.
 	maxBatchIndex = 0xFFFF
 )
 
@@ -82,7 +84,7 @@ func appendRecord(b []byte, seq uint64, typ RecordType, payload []byte) []byte {
 }
 
 // appendBatchRecord appends the framed record to b, marked as the index-th record (from 0) of
-// the group commit it is written in; the index saturates at maxBatchIndex.
+// the group commit it is written in (below maxBatchIndex by Submit's cap; saturating, to be safe).
 func appendBatchRecord(b []byte, seq uint64, typ RecordType, payload []byte, index int) []byte {
 	start := len(b)
 	pad := paddedLen(len(payload)) - len(payload)
@@ -155,8 +157,8 @@ func batchIndex(data []byte, off int64) int {
 // been made durable before it and were damaged since: corruption. Otherwise (nothing valid
 // follows, or only records of the batch in progress) the damage is a torn tail.
 //
-// A record's batch began at seq-index. A saturated index says only that it began at or
-// before seq-maxBatchIndex: when that bound is not at most expected, the record may belong to
+// A record's batch began at seq-index. Submit's cap keeps the index exact; should a saturated
+// one (maxBatchIndex) be found, it says only that the batch began at or before seq-maxBatchIndex: when that bound is not at most expected, the record may belong to
 // a later batch, and laterBatch says so (refusing a log is recoverable by a human; dropping a
 // durable record is not). Logs written before the index existed have 0 there: each record
 // its own batch, so any later valid record after the bad one makes it corruption (strict, and
@@ -168,8 +170,9 @@ func laterBatch(data []byte, off int64, expected uint64) (at int64, seq uint64, 
 		h := data[p : p+headerSize]
 		n := binary.LittleEndian.Uint32(h[0:4])
 		// Cheap checks first: most offsets inside a torn batch hold zeros or payload bytes.
-		// The length is bounded by the data, not by the maximum record size: a record whose CRC holds was written
-		// by the log, and an oversized one after a bad record must not pass for a torn tail.
+		// The length is bounded by the data, not by the maximum record size: a record whose
+		// CRC holds was written by the log, and an oversized one after a bad record must not
+		// pass for a torn tail.
 		if h[4] == 0 || int(h[5]) != paddedLen(int(n))-int(n) ||
 			p+int64(recordSize(int(n))) > int64(len(data)) {
 			p += alignment

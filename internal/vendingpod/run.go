@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -85,9 +86,17 @@ type reporter struct {
 	logger *slog.Logger
 	exit   func(int)
 	now    func() time.Time
+	// once: the first failure is the one reported. Another may race it (SIGTERM while the
+	// writer fails); two writers of the termination message could interleave into bad JSON.
+	once *sync.Once
 }
 
 func (r reporter) fail(f Failure) {
+	r.once.Do(func() { r.report(f) })
+	select {} // Exit does not return; a test's replacement blocks this goroutine instead.
+}
+
+func (r reporter) report(f Failure) {
 	msg := contract.TerminationMessage{
 		Reason: f.Reason, Message: f.Message, ExitCode: f.ExitCode, PendingOrder: f.PendingOrder,
 		Sequence: f.Sequence, File: f.File, Offset: f.Offset, Time: r.now().UTC(),
@@ -102,7 +111,6 @@ func (r reporter) fail(f Failure) {
 	r.logger.Error("Vending machine failed", "reason", f.Reason, "exitCode", f.ExitCode, "message", f.Message,
 		"pendingOrder", f.PendingOrder, "sequence", f.Sequence, "file", f.File, "offset", f.Offset)
 	r.exit(f.ExitCode)
-	select {} // Exit does not return; a test's replacement blocks this goroutine instead.
 }
 
 // openFailure turns an error from opening the log into the failure it is.
@@ -130,8 +138,8 @@ func Run(cfg Config) error {
 	if exit == nil {
 		exit = os.Exit
 	}
-	rep := reporter{path: cfg.TerminationMessagePath, logger: logger, exit: exit, now: time.Now}
-	onSIGTERM(rep)
+	rep := reporter{path: cfg.TerminationMessagePath, logger: logger, exit: exit, now: time.Now, once: new(sync.Once)}
+	defer onSIGTERM(rep)()
 	if err := cfg.Machine.Validate(); err != nil {
 		rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: err.Error()})
 		return err
@@ -236,14 +244,23 @@ func Run(cfg Config) error {
 // is durable already), it only names the exit. Without it Go's default applies, and as PID 1
 // of a container (where the kernel ignores the re-raised SIGTERM) the runtime exits with 2,
 // which reads as a program error.
-func onSIGTERM(rep reporter) {
+// It returns the function that stops listening (Run returns only if it cannot start).
+func onSIGTERM(rep reporter) (stop func()) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM)
+	done := make(chan struct{})
 	go func() {
-		<-sigs
-		rep.fail(Failure{Reason: contract.ReasonTerminated, ExitCode: contract.ExitTerminated,
-			Message: "SIGTERM: stopped at once; everything acknowledged is durable, the next start replays the log"})
+		select {
+		case <-sigs:
+			rep.fail(Failure{Reason: contract.ReasonTerminated, ExitCode: contract.ExitTerminated,
+				Message: "SIGTERM: stopped at once; everything acknowledged is durable, the next start replays the log"})
+		case <-done:
+		}
 	}()
+	return func() {
+		signal.Stop(sigs)
+		close(done)
+	}
 }
 
 type snapshotJob struct {
