@@ -158,9 +158,10 @@ func batchIndex(data []byte, off int64) int {
 // follows, or only records of the batch in progress) the damage is a torn tail.
 //
 // A record's batch began at seq-index. Submit's cap keeps the index exact; should a saturated
-// one (maxBatchIndex) be found, it says only that the batch began at or before seq-maxBatchIndex: when that bound is not at most expected, the record may belong to
-// a later batch, and laterBatch says so (refusing a log is recoverable by a human; dropping a
-// durable record is not). Logs written before the index existed have 0 there: each record
+// one (maxBatchIndex) be found, it says only that the batch began at or before
+// seq-maxBatchIndex: when that bound is not at most expected, the record may belong to a later
+// batch, and laterBatch says so (refusing a log is recoverable by a human; dropping a durable
+// record is not). Logs written before the index existed have 0 there: each record
 // its own batch, so any later valid record after the bad one makes it corruption (strict, and
 // safe).
 //
