@@ -1,6 +1,7 @@
 package eventlog
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -86,6 +87,20 @@ func (r *recordReader) fill(at int64) error {
 	}
 	r.n, r.bufOff, r.eof = n, at, n < len(r.buf)
 	return nil
+}
+
+// peekHeader returns the header-sized bytes at at, from the window (loaded from at if it does
+// not hold them). The caller has checked that the file holds them.
+func (r *recordReader) peekHeader(at int64) ([]byte, error) {
+	if len(r.buf) == 0 || at < r.bufOff || at+headerSize > r.bufOff+int64(r.n) {
+		if err := r.fill(at); err != nil {
+			return nil, err
+		}
+		if r.n < headerSize {
+			return nil, fmt.Errorf("%w: reading %s at %d: short read", ErrStorage, r.path, at)
+		}
+	}
+	return r.buf[at-r.bufOff : at-r.bufOff+headerSize], nil
 }
 
 // next decodes the record at r.off and moves past it. Its errors are decodeRecord's (io.EOF
@@ -280,6 +295,16 @@ func FindRecord(path string, from int64, maxSize int) (off int64, rec Record, fo
 	r := newRecordReader(f, path, maxSize)
 	from = (from + alignment - 1) &^ (alignment - 1)
 	for p := from; p+headerSize <= st.Size(); p += alignment {
+		// Cheap checks on the header first: in a damaged region most offsets hold garbage, and
+		// a garbage length must not make the reader grow its window and read megabytes for it.
+		h, err := r.peekHeader(p)
+		if err != nil {
+			return 0, Record{}, false, err
+		}
+		if n := binary.LittleEndian.Uint32(h[0:4]); h[4] == 0 || int(h[5]) != paddedLen(int(n))-int(n) ||
+			uint64(n) > uint64(maxSize) || p+int64(recordSize(int(n))) > st.Size() {
+			continue
+		}
 		r.off = p
 		rec, err := r.next()
 		if errors.Is(err, ErrStorage) {
