@@ -154,8 +154,8 @@ func corruptLogMessage(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, f ve
 	}
 	return fmt.Sprintf("pod %s cannot open its event log: %s; %s. "+
 		"The machine's coins, pending orders and idempotency keys are out of service until the log opens again. %s. "+
-		"Inspect the log with `vendinglog dump /data` in a pod that mounts claim %s at /data, as the vending pod does. %s.",
-		f.PodName, evidenceOf(claim, f), decided, who, claim, next)
+		"%s %s.",
+		f.PodName, evidenceOf(claim, f), decided, who, fleet.InspectHint(claim), next)
 }
 
 func evidenceOf(claim string, f vendingv1alpha1.Failure) fleet.Evidence {

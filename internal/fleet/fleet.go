@@ -271,12 +271,17 @@ func HoldMessage(m Machine) string {
 	return fmt.Sprintf("machine %s cannot open its event log: %s. "+
 		"Its coins, pending orders and idempotency keys are out of service until the log opens again; "+
 		"the fleet keeps the claim as it is and starts no new log (spec.corruptLog.policy: Escalate). "+
-		"Inspect the log with `vendinglog dump /data` in a pod that mounts claim %s at /data, as the vending pod "+
-		"does. Then either repair or restore the log and reset "+
+		"%s Then either repair or restore the log and reset "+
 		"the machine (kubectl annotate vend %s vending.resilience.dev/reset=<new value> --overwrite), or set the "+
 		"fleet's spec.corruptLog.policy to StartNewLog to quarantine the claim and start the machine on a new, "+
 		"empty log, giving up what the old log acknowledged.",
-		m.Name, e, e.Claim, m.Name)
+		m.Name, e, InspectHint(e.Claim), m.Name)
+}
+
+// InspectHint tells a human how to read a corrupt log: the one sentence every message about it
+// shares (the dump tool ships in the vending pod's image).
+func InspectHint(claim string) string {
+	return fmt.Sprintf("Inspect the log with `vendinglog dump /data` in a pod that mounts claim %s at /data, as the vending pod does.", claim)
 }
 
 // String says where a corrupt log is damaged: the words every condition and event about it uses.

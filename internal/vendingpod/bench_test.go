@@ -1,6 +1,7 @@
 package vendingpod
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -118,19 +119,7 @@ func BenchmarkStartToReady(b *testing.B) {
 				if err := cmd.Start(); err != nil {
 					b.Fatal(err)
 				}
-				for {
-					resp, err := http.Get("http://" + addr + contract.PathReadyz)
-					if err == nil {
-						resp.Body.Close()
-						if resp.StatusCode == 200 {
-							break
-						}
-					}
-					if time.Since(start) > 30*time.Second {
-						b.Fatal("not ready in 30s")
-					}
-					time.Sleep(time.Millisecond)
-				}
+				waitReady(b, addr, start, 30*time.Second, nil)
 				b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms-to-ready")
 				b.StopTimer()
 				_ = cmd.Process.Kill()
@@ -138,6 +127,29 @@ func BenchmarkStartToReady(b *testing.B) {
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+// waitReady polls a starting pod's /readyz until it answers 200, failing the benchmark after
+// limit (with the pod's stderr, if kept).
+func waitReady(b *testing.B, addr string, start time.Time, limit time.Duration, stderr *bytes.Buffer) {
+	b.Helper()
+	for {
+		resp, err := http.Get("http://" + addr + contract.PathReadyz)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Since(start) > limit {
+			msg := ""
+			if stderr != nil {
+				msg = stderr.String()
+			}
+			b.Fatalf("not ready in %s: %s", limit, msg)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/eventlog"
 	"github.com/vendingfleet/vending-operator/internal/vending"
 )
@@ -196,19 +194,7 @@ func binaryStartToReady(b *testing.B, root, dir string, ret vending.Retention) (
 		b.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	for {
-		resp, err := http.Get("http://" + addr + contract.PathReadyz)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Since(start) > 2*time.Minute {
-			b.Fatalf("not ready in 2 minutes: %s", stderr.String())
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	waitReady(b, addr, start, 2*time.Minute, &stderr)
 	ready := time.Since(start)
 	return ready, peakRSS(cmd.Process.Pid)
 }
