@@ -75,7 +75,8 @@ test-e2e: manifests kustomize ## End-to-end suite: against KUBECONFIG's cluster,
 	  $(MAKE) --no-print-directory install deploy >/dev/null && \
 	  "$(KUBECTL)" -n vending-operator-system rollout restart deploy/vending-operator-controller-manager && \
 	  "$(KUBECTL)" -n vending-operator-system rollout status deploy/vending-operator-controller-manager --timeout=180s && \
-	  export E2E_NODE_STOP="$(CURDIR)/hack/local-cluster.sh node-stop" E2E_NODE_START="$(CURDIR)/hack/local-cluster.sh node-start"; \
+	  export E2E_NODE_STOP="$(CURDIR)/hack/local-cluster.sh node-stop" E2E_NODE_START="$(CURDIR)/hack/local-cluster.sh node-start" \
+	    E2E_APISERVER_STOP="$(CURDIR)/hack/local-cluster.sh apiserver-stop" E2E_APISERVER_START="$(CURDIR)/hack/local-cluster.sh apiserver-start"; \
 	fi; \
 	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/
 

@@ -7,10 +7,11 @@
 # Every byte stays on this machine: pods live in network namespaces on the bridge vending0,
 # pod and service ranges are never routed off it, and forwarding out of the pod range is dropped.
 #
-# Usage: hack/local-cluster.sh up|down|status|images|node-stop|node-start
+# Usage: hack/local-cluster.sh up|down|status|images|node-stop|node-start|apiserver-stop|apiserver-start
 #   up    idempotent; prints the kubeconfig and what it started. Logs in $STATE/logs.
 #   down  stops every process it started (by pid), unmounts, removes the bridge and the rules.
 # Stopping the kubelet (kill its pid) is a node loss; `up` again starts it: a node return.
+# apiserver-stop / apiserver-start: an API server outage (SIGTERM, then the same API server again).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -222,17 +223,7 @@ up() {
   start etcd "$k/etcd" --data-dir "$STATE/etcd" --listen-client-urls http://127.0.0.1:23790 \
     --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
     --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster default=http://127.0.0.1:23800
-  start kube-apiserver "$k/kube-apiserver" --etcd-servers http://127.0.0.1:23790 \
-    --bind-address "$BRIDGE_IP" --advertise-address "$BRIDGE_IP" --secure-port 6443 \
-    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
-    --client-ca-file "$STATE/pki/ca.crt" --service-account-key-file "$STATE/pki/sa.pub" \
-    --service-account-signing-key-file "$STATE/pki/sa.key" --service-account-issuer https://kubernetes.default.svc \
-    --service-cluster-ip-range "$SERVICE_CIDR" --authorization-mode Node,RBAC \
-    --kubelet-client-certificate "$STATE/pki/apiserver-kubelet-client.crt" \
-    --kubelet-client-key "$STATE/pki/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority "$STATE/pki/ca.crt" --kubelet-preferred-address-types InternalIP \
-    --enable-admission-plugins NodeRestriction --allow-privileged=true
-  wait_for kube-apiserver 60 "$k/kubectl" --kubeconfig "$STATE/admin.kubeconfig" get --raw /readyz
+  apiserver_start
   start kube-controller-manager "$k/kube-controller-manager" --kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
@@ -323,6 +314,22 @@ status() {
   done
 }
 
+# apiserver-stop / apiserver-start: the API server goes away (an outage of the control plane) and
+# comes back on the same etcd, certificates and address; start returns once /readyz answers.
+apiserver_start() {
+  start kube-apiserver "$bin/kube-apiserver" --etcd-servers http://127.0.0.1:23790 \
+    --bind-address "$BRIDGE_IP" --advertise-address "$BRIDGE_IP" --secure-port 6443 \
+    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
+    --client-ca-file "$STATE/pki/ca.crt" --service-account-key-file "$STATE/pki/sa.pub" \
+    --service-account-signing-key-file "$STATE/pki/sa.key" --service-account-issuer https://kubernetes.default.svc \
+    --service-cluster-ip-range "$SERVICE_CIDR" --authorization-mode Node,RBAC \
+    --kubelet-client-certificate "$STATE/pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$STATE/pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$STATE/pki/ca.crt" --kubelet-preferred-address-types InternalIP \
+    --enable-admission-plugins NodeRestriction --allow-privileged=true
+  wait_for kube-apiserver 60 "$bin/kubectl" --kubeconfig "$STATE/admin.kubeconfig" get --raw /readyz
+}
+
 # node-stop / node-start: the node's agent goes away (a node loss) and comes back.
 node_start() {
   start kubelet "$bin/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
@@ -333,8 +340,10 @@ case "${1:-}" in
   up) up ;;
   node-stop) stop kubelet ;;
   node-start) node_start ;;
+  apiserver-stop) stop kube-apiserver ;;
+  apiserver-start) apiserver_start ;;
   down) down ;;
   status) status ;;
   images) images ;;
-  *) echo "usage: $0 up|down|status|images|node-stop|node-start" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|images|node-stop|node-start|apiserver-stop|apiserver-start" >&2; exit 2 ;;
 esac

@@ -1,0 +1,147 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/customer"
+)
+
+// outage is how long the API server stays away: longer than the operator's lease (15 s), so the
+// operator loses its leadership and must campaign again, and longer than client-go's 30 s
+// reflector backoff, which a manager that merely waited would be stuck in.
+const outage = 60 * time.Second
+
+// An API server outage: with a machine Ready, the API server stops for 60 s; meanwhile the
+// machine's vending container is SIGKILLed. When the API server answers again the operator, which
+// never exited (its pod's restartCount does not move), supervises the failure it could not see:
+// the machine is Ready again on a new pod, not escalated, its log intact. The time from "the API
+// server answers /readyz" to "the machine is Ready" is logged, not asserted (BENCHMARKS.md).
+//
+// Only the local cluster can stop its API server (hack/local-cluster.sh apiserver-stop, set by
+// make test-e2e as E2E_APISERVER_STOP/E2E_APISERVER_START); elsewhere (kind) the test skips.
+func TestAPIServerOutage(t *testing.T) {
+	stopAPI, startAPI := os.Getenv("E2E_APISERVER_STOP"), os.Getenv("E2E_APISERVER_START")
+	if stopAPI == "" || startAPI == "" {
+		t.Skip("E2E_APISERVER_STOP/E2E_APISERVER_START not set: this cluster's API server cannot be stopped " +
+			"(make test-e2e sets them for the local cluster)")
+	}
+	g := NewWithT(t)
+	ctx := context.Background()
+	vm := createMachine(t, func(vm *vendingv1alpha1.VendingMachine) {
+		vm.Spec.Supervision.MaxRestarts = ptr.To[int32](10)
+	})
+	waitReady(g, vm)
+	c := customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}
+
+	// Something acknowledged in the log: an Espresso paid for, and a coin inserted for the next.
+	g.Expect(c.PostUntil(ctx, "v1/coins", `{"count":3}`, "outage-coins", time.Minute)).To(HaveStatus(200))
+	g.Expect(c.PostUntil(ctx, "v1/orders", `{"beverage":"Espresso"}`, "outage-espresso", time.Minute)).To(HaveStatus(200))
+	var before contract.State
+	g.Expect(json.Unmarshal([]byte(state(g, c)), &before)).To(Succeed())
+
+	operator := operatorPods(g)
+	g.Expect(operator).NotTo(BeEmpty(), "no operator pod in vending-operator-system")
+	// What the outage needs while the API server is away: the pod's name and its container's id.
+	got := machine(g, vm)
+	oldPod, container := got.Status.PodName, vendingContainerID(g, vm.Namespace, got.Status.PodName)
+	restartsBefore := got.Status.Restarts
+
+	t.Logf("outage: stopping the API server for %v", outage)
+	g.Expect(exec.Command("sh", "-c", stopAPI).Run()).To(Succeed())
+	t.Cleanup(func() { _ = exec.Command("sh", "-c", startAPI).Run() }) // a failed test leaves the cluster usable
+	time.Sleep(outage / 2)
+	t.Log("outage: SIGKILL the vending container while the API server is away")
+	killTask(g, container)
+	time.Sleep(outage / 2)
+
+	// Start the API server in the background and catch the first moment it answers /readyz
+	// ourselves: the script's own wait would add its polling to the measured time.
+	start := exec.Command("sh", "-c", startAPI)
+	g.Expect(start.Start()).To(Succeed())
+	g.Eventually(func() error {
+		return clientset.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+	}).WithPolling(50 * time.Millisecond).Should(Succeed())
+	answered := time.Now()
+	g.Expect(start.Wait()).To(Succeed())
+
+	g.Eventually(func(g Gomega) {
+		got := machine(g, vm)
+		g.Expect(got.Status.PodName).NotTo(Equal(oldPod))
+		g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning), "conditions: %+v", got.Status.Conditions)
+	}).WithPolling(100 * time.Millisecond).Should(Succeed())
+	t.Logf("outage: the machine was Ready %v after the API server answered /readyz again",
+		time.Since(answered).Round(10*time.Millisecond))
+
+	// The operator rode it out in its process: same pods, not one container restart.
+	g.Expect(operatorPods(g)).To(Equal(operator), "the operator's pods and their restart counts (uid -> restarts)")
+	for uid, restarts := range operator {
+		g.Expect(restarts).To(BeZero(), "operator pod %s has restarted", uid)
+	}
+
+	// The machine recovered, it was not escalated, and its log came back whole.
+	got = machine(g, vm)
+	g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
+	g.Expect(got.Status.Restarts).To(BeNumerically(">", restartsBefore), "the failure went through the supervisor")
+	var after contract.State
+	g.Expect(json.Unmarshal([]byte(state(g, c)), &after)).To(Succeed())
+	g.Expect(after.TotalCoins).To(Equal(before.TotalCoins))
+	g.Expect(after.Inserted).To(Equal(before.Inserted))
+	g.Expect(after.Dispensed).To(Equal(before.Dispensed))
+	// The acknowledged order answers its retry with the first answer: no second Espresso.
+	g.Expect(c.PostUntil(ctx, "v1/orders", `{"beverage":"Espresso"}`, "outage-espresso", time.Minute)).To(HaveStatus(200))
+	g.Expect(json.Unmarshal([]byte(state(g, c)), &after)).To(Succeed())
+	g.Expect(after.Dispensed).To(Equal(before.Dispensed))
+}
+
+// operatorPods maps each operator pod's uid to the restart count of its containers.
+func operatorPods(g Gomega) map[types.UID]int32 {
+	list := &corev1.PodList{}
+	g.Expect(k8s.List(context.Background(), list, client.InNamespace("vending-operator-system"),
+		client.MatchingLabels{"control-plane": "controller-manager"})).To(Succeed())
+	out := map[types.UID]int32{}
+	for _, p := range list.Items {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		var n int32
+		for _, s := range p.Status.ContainerStatuses {
+			n += s.RestartCount
+		}
+		out[p.UID] = n
+	}
+	return out
+}
+
+// vendingContainerID is the containerd id of the pod's vending container.
+func vendingContainerID(g Gomega, ns, pod string) string {
+	p := &corev1.Pod{}
+	g.Expect(k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: pod}, p)).To(Succeed())
+	g.Expect(p.Status.ContainerStatuses).NotTo(BeEmpty())
+	_, id, _ := strings.Cut(p.Status.ContainerStatuses[0].ContainerID, "://")
+	return id
+}
+
+// killTask SIGKILLs a container through the node's containerd, as killContainer does, without
+// asking the API server anything.
+func killTask(g Gomega, id string) {
+	args := append(ctrCommand(), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id)
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	g.Expect(err).NotTo(HaveOccurred(), "%v: %s", args, out)
+}
