@@ -6,6 +6,7 @@ package main
 import (
 	"crypto/tls"
 	"flag"
+	"fmt"
 	"os"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,13 +17,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/controller"
+	"github.com/vendingfleet/vending-operator/internal/managerloop"
 )
 
 var scheme = runtime.NewScheme()
@@ -34,14 +35,15 @@ func init() {
 
 func main() {
 	var (
-		metricsAddr   string
-		metricsSecure bool
-		probeAddr     string
-		leaderElect   bool
-		vendingImage  string
-		concurrency   int
-		apiQPS        float64
-		apiBurst      int
+		metricsAddr     string
+		metricsSecure   bool
+		probeAddr       string
+		leaderElect     bool
+		vendingImage    string
+		concurrency     int
+		apiQPS          float64
+		apiBurst        int
+		leaderNamespace string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
 		"Address the metrics endpoint binds to (:8443 for HTTPS, :8080 for HTTP, 0 to disable).")
@@ -57,12 +59,22 @@ func main() {
 	// machines into minutes; the API server's priority and fairness protects itself anyway.
 	flag.Float64Var(&apiQPS, "kube-api-qps", 100, "Requests per second the manager sends to the API server.")
 	flag.IntVar(&apiBurst, "kube-api-burst", 200, "Burst of requests the manager may send to the API server.")
+	flag.StringVar(&leaderNamespace, "leader-election-namespace", "",
+		"Namespace of the leader election's Lease (default: the pod's own).")
+	timing := managerloop.DefaultTiming
+	flag.DurationVar(&timing.LeaseDuration, "leader-elect-lease-duration", timing.LeaseDuration,
+		"How long another replica waits, after the lease last changed, before it takes the lease (whole seconds).")
+	flag.DurationVar(&timing.RenewDeadline, "leader-elect-renew-deadline", timing.RenewDeadline,
+		"How long the leader keeps failing to renew its lease before it stops acting; below the lease duration less the retry period.")
+	flag.DurationVar(&timing.RetryPeriod, "leader-elect-retry-period", timing.RetryPeriod,
+		"Pause between two attempts to acquire or renew the lease.")
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
+	log.Info("Starting the operator", "vendingImage", vendingImage, "leaderElect", leaderElect)
 
 	metricsOpts := metricsserver.Options{
 		BindAddress:   metricsAddr,
@@ -78,56 +90,48 @@ func main() {
 	restConfig := ctrl.GetConfigOrDie()
 	restConfig.QPS, restConfig.Burst = float32(apiQPS), apiBurst
 	owned := cache.ByObject{Label: labels.SelectorFromSet(nil).Add(controller.MachineLabelRequirement())}
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme:                        scheme,
-		Metrics:                       metricsOpts,
-		HealthProbeBindAddress:        probeAddr,
-		LeaderElection:                leaderElect,
-		LeaderElectionID:              "vending-operator.vending.resilience.dev",
-		LeaderElectionReleaseOnCancel: true,
-		// Cache only the pods, claims and services this operator made: a cluster's others would
-		// cost memory for nothing.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: owned, &corev1.PersistentVolumeClaim{}: owned, &corev1.Service{}: owned,
-		}},
+	// The manager runs inside a loop that outlives it: when the API server is away the operator
+	// waits for it, and when the lease is lost it stops acting and campaigns again with a fresh
+	// manager, instead of exiting into the kubelet's back-off (internal/managerloop).
+	err := managerloop.Run(ctrl.SetupSignalHandler(), managerloop.Config{
+		RestConfig: restConfig,
+		Manager: ctrl.Options{
+			Scheme: scheme,
+			// Cache only the pods, claims and services this operator made: a cluster's others would
+			// cost memory for nothing.
+			Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+				&corev1.Pod{}: owned, &corev1.PersistentVolumeClaim{}: owned, &corev1.Service{}: owned,
+			}},
+		},
+		Setup: func(mgr ctrl.Manager) error {
+			if err := (&controller.VendingMachineReconciler{
+				Client:       mgr.GetClient(),
+				Scheme:       mgr.GetScheme(),
+				Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
+				VendingImage: vendingImage,
+				StateReader:  controller.NewHTTPStateReader(),
+			}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
+				return fmt.Errorf("controller VendingMachine: %w", err)
+			}
+			if err := (&controller.VendingFleetReconciler{
+				Client:   mgr.GetClient(),
+				Scheme:   mgr.GetScheme(),
+				Recorder: mgr.GetEventRecorder("vendingfleet-controller"),
+			}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
+				return fmt.Errorf("controller VendingFleet: %w", err)
+			}
+			return nil
+		},
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        "vending-operator.vending.resilience.dev",
+		LeaderElectionNamespace: leaderNamespace,
+		Timing:                  timing,
+		ProbeAddr:               probeAddr,
+		Metrics:                 metricsOpts,
+		Log:                     ctrl.Log.WithName("managerloop"),
 	})
 	if err != nil {
-		log.Error(err, "Unable to create manager")
-		os.Exit(1)
-	}
-
-	if err := (&controller.VendingMachineReconciler{
-		Client:       mgr.GetClient(),
-		Scheme:       mgr.GetScheme(),
-		Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
-		VendingImage: vendingImage,
-		StateReader:  controller.NewHTTPStateReader(),
-	}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
-		log.Error(err, "Unable to set up controller", "controller", "VendingMachine")
-		os.Exit(1)
-	}
-
-	if err := (&controller.VendingFleetReconciler{
-		Client:   mgr.GetClient(),
-		Scheme:   mgr.GetScheme(),
-		Recorder: mgr.GetEventRecorder("vendingfleet-controller"),
-	}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
-		log.Error(err, "Unable to set up controller", "controller", "VendingFleet")
-		os.Exit(1)
-	}
-
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		log.Error(err, "Unable to set up health check")
-		os.Exit(1)
-	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
-		log.Error(err, "Unable to set up ready check")
-		os.Exit(1)
-	}
-
-	log.Info("Starting manager", "vendingImage", vendingImage, "leaderElect", leaderElect)
-	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
-		log.Error(err, "Manager exited with an error")
+		log.Error(err, "Operator stopped")
 		os.Exit(1)
 	}
 }
