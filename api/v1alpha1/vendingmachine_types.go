@@ -4,6 +4,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Beverage is one item on a machine's menu.
@@ -270,9 +271,50 @@ type Failure struct {
 	// action the supervisor decided.
 	// +optional
 	Action SupervisorAction `json:"action,omitempty"`
+	// decisionReason is why the supervisor decided action, in CamelCase (DeciderRestart,
+	// RestartIntensityExceeded, UnknownFailure, ...).
+	// +optional
+	DecisionReason string `json:"decisionReason,omitempty"`
+	// decisionMessage says the same for humans.
+	// +optional
+	DecisionMessage string `json:"decisionMessage,omitempty"`
+	// restartAt is when the supervisor restarts the machine (action Restart): the failure time
+	// plus the backoff.
+	// +optional
+	RestartAt *metav1.MicroTime `json:"restartAt,omitempty"`
+	// external is true when the pod was stopped from outside (evicted, terminated by its kubelet
+	// for a node shutdown, a DisruptionTarget condition): not the machine's fault, so it is
+	// recreated at once and does not count against the restart window.
+	// +optional
+	External bool `json:"external,omitempty"`
 }
 
-// VendingMachineStatus is the observed state of a machine, rebuilt from observation on every pass.
+// PodCause says why the machine's current pod exists.
+// +kubebuilder:validation:Enum=Created;Restarted;Recreated;Rolled;Reset
+type PodCause string
+
+// Pod causes.
+const (
+	// PodCreated: the machine's first pod.
+	PodCreated PodCause = "Created"
+	// PodRestarted: the supervisor restarted the machine after its own failure.
+	PodRestarted PodCause = "Restarted"
+	// PodRecreated: the previous pod was lost from outside (deleted, evicted, its node shut
+	// down) and the supervisor recreated it.
+	PodRecreated PodCause = "Recreated"
+	// PodRolled: the spec changed and the supervisor replaced the pod.
+	PodRolled PodCause = "Rolled"
+	// PodReset: a reset (a VendingFleet or a human) replaced the pod with a fresh window.
+	PodReset PodCause = "Reset"
+)
+
+// VendingMachineStatus is the observed state of a machine and the supervisor's memory.
+//
+// The memory (podName, podUID, podCause, restarts, recreations, rolls, resets, restartTimes,
+// lastFailure, observedReset) is carried from pass to pass and written before the supervisor
+// acts on it, conditionally on the version it was read from: no pod deletion, operator restart
+// or stale cache can erase or fork it; only a reset clears the window and the escalation. The
+// rest is rebuilt from observation on every pass.
 type VendingMachineStatus struct {
 	// observedGeneration is the generation of the spec this status describes.
 	// +optional
@@ -288,9 +330,23 @@ type VendingMachineStatus struct {
 	// +optional
 	Phase MachinePhase `json:"phase,omitempty"`
 
-	// restarts the supervisor has made in the machine's life.
+	// restarts the supervisor has made after the machine's own failures, in the machine's life.
+	// Pods replaced for other causes are counted apart (recreations, rolls, resets).
 	// +optional
 	Restarts int32 `json:"restarts,omitempty"`
+
+	// recreations of pods lost from outside (deleted, evicted, terminated by their kubelet):
+	// not the machine's fault, not counted against the restart window.
+	// +optional
+	Recreations int32 `json:"recreations,omitempty"`
+
+	// rolls: pods replaced because the spec changed.
+	// +optional
+	Rolls int32 `json:"rolls,omitempty"`
+
+	// resets carried out (each starts a fresh restart window and clears an escalation).
+	// +optional
+	Resets int32 `json:"resets,omitempty"`
 
 	// restartTimes are the restarts still inside the supervision window.
 	// +listType=atomic
@@ -301,13 +357,26 @@ type VendingMachineStatus struct {
 	// +optional
 	NextRestartAt *metav1.Time `json:"nextRestartAt,omitempty"`
 
-	// lastFailure is the most recent failure of the machine's pod.
+	// lastFailure is the most recent failure of the machine's pod and what the supervisor
+	// decided about it. While lastFailure.podName is podName, the decision is in force: a
+	// Restart waits for restartAt, a Stop or an Escalate holds until a reset, even if the
+	// failed pod is deleted.
 	// +optional
 	LastFailure *Failure `json:"lastFailure,omitempty"`
 
-	// podName of the machine's current pod.
+	// podName of the machine's current pod: reserved before the pod is created, so a name is
+	// never used for two incarnations.
 	// +optional
 	PodName string `json:"podName,omitempty"`
+
+	// podUID of podName, once the supervisor has seen it: a pod missing after that was lost
+	// from outside.
+	// +optional
+	PodUID types.UID `json:"podUID,omitempty"`
+
+	// podCause says why podName exists.
+	// +optional
+	PodCause PodCause `json:"podCause,omitempty"`
 
 	// endpoint of the machine's HTTP API inside the cluster (its Service).
 	// +optional

@@ -80,9 +80,10 @@ func waitPod(g Gomega, vm *vendingv1alpha1.VendingMachine, n int) *corev1.Pod {
 	return pod
 }
 
-// kubeletRun reports the pod running and ready, as a kubelet would.
+// kubeletRun reports the pod running and ready, as a kubelet would (on the suite's clock, which
+// tests may have stepped).
 func kubeletRun(g Gomega, pod *corev1.Pod) {
-	now := metav1.Now()
+	now := metav1.NewTime(testClock.Now())
 	pod.Status = corev1.PodStatus{
 		Phase: corev1.PodRunning, PodIP: "127.0.0.1",
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
@@ -96,7 +97,7 @@ func kubeletRun(g Gomega, pod *corev1.Pod) {
 // message, as a kubelet would.
 func kubeletFail(g Gomega, pod *corev1.Pod, exitCode int32, msg string) {
 	g.Expect(k8sClient.Get(context.Background(), client.ObjectKeyFromObject(pod), pod)).To(Succeed())
-	now := metav1.Now()
+	now := metav1.NewTime(testClock.Now())
 	pod.Status.Phase = corev1.PodFailed
 	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: now}}
 	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "vending", Image: pod.Spec.Containers[0].Image,

@@ -3,14 +3,16 @@ package controller
 import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+
+	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
 // Labels and annotations the operator puts on the children it owns. The supervision memory of
-// a machine lives on its current pod, so that status can be rebuilt from observation on every
-// pass and an operator restart resumes exactly where it was.
+// a machine lives in its status (see internal/supervisor), never on a pod: a pod is evidence
+// that anyone may delete.
 const (
 	labelMachine     = "vending.resilience.dev/machine"
-	labelIncarnation = "vending.resilience.dev/incarnation"
+	labelIncarnation = supervisor.LabelIncarnation
 	// LabelFleet on a machine (and its children) names the VendingFleet it belongs to.
 	LabelFleet = "vending.resilience.dev/fleet"
 	// labelMachineIndex on a fleet's machine is its index n in <fleet>-<n>.
@@ -20,19 +22,14 @@ const (
 	labelQuarantined = "vending.resilience.dev/quarantined"
 
 	// annotationTemplateHash is a hash of the spec fields the pod is built from.
-	annotationTemplateHash = "vending.resilience.dev/template-hash"
-	// annotationRestartHistory lists (RFC 3339) the restarts inside the supervision window when
-	// the pod was created, this pod's own start included when it was a restart.
-	annotationRestartHistory = "vending.resilience.dev/restart-history"
-	// annotationLastFailure is the JSON Failure that this pod replaced.
-	annotationLastFailure = "vending.resilience.dev/last-failure"
-	// annotationDecision is the JSON decision about this pod's failure: written once, when the
-	// failure is first observed, so events fire once and the backoff survives operator restarts.
-	annotationDecision = "vending.resilience.dev/decision"
+	annotationTemplateHash = supervisor.AnnotationTemplateHash
+	// annotationCause on a pod says why it was created (for people reading the pod; the
+	// supervisor reads status.podCause).
+	annotationCause = "vending.resilience.dev/cause"
 	// annotationReset on a VendingMachine: change its value to clear an escalation or a stop and
 	// restart the machine with a fresh restart window (what a VendingFleet or a human does). Pods
 	// carry the value they were created under.
-	annotationReset = "vending.resilience.dev/reset"
+	annotationReset = supervisor.AnnotationReset
 	// annotationLogGeneration on a VendingMachine: n > 0 puts its log on the claim
 	// <machine>-log-<n>; a fleet bumps it after quarantining a corrupt log.
 	annotationLogGeneration = "vending.resilience.dev/log-generation"

@@ -19,10 +19,14 @@ var (
 		Name: "vending_backoff_seconds", Help: "Backoff the supervisor chose before a restart.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 12),
 	})
+	conflictsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vending_status_conflicts_total",
+		Help: "Status writes refused because the object changed since it was read (a stale cache): the pass is retried, nothing was acted on.",
+	}, []string{"kind"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(restartsTotal, escalationsTotal, backoffSeconds)
+	metrics.Registry.MustRegister(restartsTotal, escalationsTotal, backoffSeconds, conflictsTotal)
 }
 
 func klogRef(obj client.Object) klog.ObjectRef { return klog.KObj(obj) }

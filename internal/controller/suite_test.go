@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,9 @@ var (
 	podAPI    StateReader
 	k8sClient client.Client // uncached: tests assert on the API server, not on a cache
 	scheme    = runtime.NewScheme()
+
+	// testClock is the operators' clock: tests step it past a window instead of sleeping.
+	testClock = &steppedClock{}
 
 	// restartManager stops the operator and replaces it with a new one that has no memory of
 	// the old: what an operator restart (or a leader change) is.
@@ -119,6 +123,7 @@ func startManager() (stop func(), err error) {
 		Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
 		VendingImage: DefaultVendingImage,
 		StateReader:  podAPI,
+		Clock:        testClock,
 	}).SetupWithManager(mgr, Options{
 		MaxConcurrentReconciles: 4,
 		SkipNameValidation:      ptr.To(true), // a restarted operator registers the same name again
@@ -129,6 +134,7 @@ func startManager() (stop func(), err error) {
 		Client:   mgr.GetClient(),
 		Scheme:   mgr.GetScheme(),
 		Recorder: mgr.GetEventRecorder("vendingfleet-controller"),
+		Clock:    testClock,
 	}).SetupWithManager(mgr, Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr.To(true)}); err != nil {
 		return nil, fmt.Errorf("fleet controller: %w", err)
 	}
@@ -141,6 +147,28 @@ func startManager() (stop func(), err error) {
 		}
 	}()
 	return func() { cancel(); <-done }, nil
+}
+
+// steppedClock is the real clock plus the steps tests took: time still passes (backoffs and
+// requeues are real), and a test can jump past a window.
+type steppedClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *steppedClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *steppedClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+// Step moves the clock forward by d.
+func (c *steppedClock) Step(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
 }
 
 // newNamespace gives each test a namespace of its own, so tests never see each other's objects.

@@ -32,10 +32,6 @@ func pvcName(vm *vendingv1alpha1.VendingMachine) string {
 
 func serviceName(vm *vendingv1alpha1.VendingMachine) string { return vm.Name }
 
-func podName(vm *vendingv1alpha1.VendingMachine, incarnation int32) string {
-	return fmt.Sprintf("%s-%d", vm.Name, incarnation)
-}
-
 func selectorLabels(vm *vendingv1alpha1.VendingMachine) map[string]string {
 	return map[string]string{labelMachine: vm.Name}
 }
@@ -126,25 +122,13 @@ func templateHash(vm *vendingv1alpha1.VendingMachine, image string) string {
 	return strconv.FormatUint(h.Sum64(), 36)
 }
 
-// podMemory is what a new pod carries of the supervisor's memory.
-type podMemory struct {
-	incarnation int32
-	history     string // annotationRestartHistory
-	lastFailure string // annotationLastFailure
-}
-
-// buildPod is incarnation n of the machine's pod. restartPolicy is Never: every restart is the
-// supervisor's decision, recorded in status, not the kubelet's.
-func buildPod(vm *vendingv1alpha1.VendingMachine, image string, mem podMemory) *corev1.Pod {
+// buildPod is the machine's pod named name (an incarnation the supervisor reserved in status).
+// restartPolicy is Never: every restart is the supervisor's decision, recorded in status, not
+// the kubelet's.
+func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vendingv1alpha1.PodCause) *corev1.Pod {
 	labels := commonLabels(vm)
-	labels[labelIncarnation] = strconv.Itoa(int(mem.incarnation))
-	annotations := map[string]string{annotationTemplateHash: templateHash(vm, image)}
-	if mem.history != "" {
-		annotations[annotationRestartHistory] = mem.history
-	}
-	if mem.lastFailure != "" {
-		annotations[annotationLastFailure] = mem.lastFailure
-	}
+	labels[labelIncarnation] = strings.TrimPrefix(name, vm.Name+"-")
+	annotations := map[string]string{annotationTemplateHash: templateHash(vm, image), annotationCause: string(cause)}
 	if v, ok := vm.Annotations[annotationReset]; ok {
 		annotations[annotationReset] = v
 	}
@@ -169,7 +153,7 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image string, mem podMemory) *
 	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: podName(vm, mem.incarnation), Namespace: vm.Namespace, Labels: labels, Annotations: annotations,
+			Name: name, Namespace: vm.Namespace, Labels: labels, Annotations: annotations,
 			OwnerReferences: []metav1.OwnerReference{ownerRef(vm)},
 		},
 		Spec: corev1.PodSpec{

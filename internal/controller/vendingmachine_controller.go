@@ -5,9 +5,7 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -28,7 +26,7 @@ import (
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
-	"github.com/vendingfleet/vending-operator/internal/supervision"
+	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
 // DefaultVendingImage is the vending pod image for machines that name none.
@@ -64,9 +62,14 @@ type VendingMachineReconciler struct {
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile moves one VendingMachine toward its spec: observe, decide, act, then one status
-// patch rebuilt from what was observed.
-func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+// Reconcile moves one VendingMachine toward its spec: observe, ask the supervisor
+// (supervisor.Next), remember, act, then write what was observed.
+//
+// The order is the guarantee: the supervisor's memory (status) is written before anything is
+// created or deleted, conditionally on the version it was computed from. A conflict (a stale
+// cache, another writer) ends the pass before it acts, so no step is ever taken on a memory
+// that is not the latest, and no deletion of a pod can take the memory with it.
+func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	vm := &vendingv1alpha1.VendingMachine{}
 	if err := r.Get(ctx, req.NamespacedName, vm); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -81,23 +84,74 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	step := supervisor.Step{Memory: supervisor.MemoryOf(&vm.Status)}
 	if !vm.Spec.Paused {
-		result, err = r.reconcileNormal(ctx, vm, &o, now)
-		if err != nil {
-			retErr = err
+		if err := r.ensure(ctx, buildPVC(vm)); err != nil {
+			return ctrl.Result{}, err
 		}
-	}
-	vm.Status = computeStatus(vm, o, now)
-	r.announceRecovery(before, vm)
-	if !equality.Semantic.DeepEqual(before.Status, vm.Status) {
-		if err := r.Status().Patch(ctx, vm, client.MergeFrom(before)); err != nil && !apierrors.IsNotFound(err) {
-			retErr = err
+		if err := r.ensure(ctx, buildService(vm)); err != nil {
+			return ctrl.Result{}, err
 		}
+		step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
 	}
-	if o.state != nil && result.RequeueAfter == 0 {
+	vm.Status = computeStatus(vm, step, o, now)
+
+	acts := len(step.Delete) > 0 || step.Create
+	if !step.Memory.Equal(supervisor.MemoryOf(&before.Status)) {
+		if acts {
+			// observedGeneration advances only once the step is done (below).
+			vm.Status.ObservedGeneration = before.Status.ObservedGeneration
+		}
+		if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
+			return ctrl.Result{RequeueAfter: conflictRetry}, nil
+		} else if err != nil {
+			return ctrl.Result{}, err
+		}
+		before = vm.DeepCopy()
+		r.announce(ctx, vm, step, o, now)
+	}
+	var actErr error
+	if acts {
+		actErr = r.act(ctx, vm, step)
+	}
+	if actErr == nil {
+		vm.Status.ObservedGeneration = vm.Generation
+	}
+	var result ctrl.Result
+	if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
+		result.RequeueAfter = conflictRetry
+	} else if err != nil && actErr == nil {
+		actErr = err
+	}
+	r.announceRecovery(before, vm, o)
+	switch {
+	case result.RequeueAfter > 0:
+	case step.NextRestartAt != nil:
+		result.RequeueAfter = max(step.NextRestartAt.Sub(now), time.Millisecond)
+	case o.state != nil:
 		result.RequeueAfter = stateRefresh
 	}
-	return result, retErr
+	return result, actErr
+}
+
+// conflictRetry is how soon a pass that met a conflict (its read was stale: usually the cache
+// had not yet seen this operator's previous write) runs again. A conflict is routine, not an
+// error: nothing was acted on.
+const conflictRetry = 100 * time.Millisecond
+
+// writeStatus patches the status from base to vm, on the condition that the machine is still
+// at base's resourceVersion: a status computed from a stale read fails with a conflict and the
+// pass is retried on the latest, instead of overwriting newer memory.
+func (r *VendingMachineReconciler) writeStatus(ctx context.Context, vm, base *vendingv1alpha1.VendingMachine) error {
+	if equality.Semantic.DeepEqual(base.Status, vm.Status) {
+		return nil
+	}
+	err := r.Status().Patch(ctx, vm, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
+	if apierrors.IsConflict(err) {
+		logf.FromContext(ctx).V(1).Info("Machine changed since it was read: retrying on the latest", "machine", klogRef(vm))
+		conflictsTotal.WithLabelValues("VendingMachine").Inc()
+	}
+	return err
 }
 
 func (r *VendingMachineReconciler) clock() clock.PassiveClock {
@@ -114,30 +168,23 @@ func (r *VendingMachineReconciler) image(vm *vendingv1alpha1.VendingMachine) str
 	return r.VendingImage
 }
 
-// observe reads the machine's pods, and what a ready pod reports.
+// observe reads the machine's pods, and what its ready current pod reports.
 func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alpha1.VendingMachine) (observation, error) {
 	var o observation
 	pods := &corev1.PodList{}
 	if err := r.List(ctx, pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm))); err != nil {
 		return o, err
 	}
-	owned := pods.Items[:0]
 	for _, p := range pods.Items {
 		if metav1.IsControlledBy(&p, vm) {
-			owned = append(owned, p)
+			o.pods = append(o.pods, p)
 		}
 	}
-	o.current, _ = splitPods(owned)
-	if o.current != nil {
-		if d, ok := decisionOf(o.current); ok && podTerminal(o.current) {
-			o.decision = &d
-		}
-		if r.StateReader != nil && podReady(o.current) && o.current.DeletionTimestamp == nil {
-			if st, err := r.StateReader.ReadState(ctx, o.current); err == nil {
-				o.state = st
-			} else {
-				logf.FromContext(ctx).V(1).Info("Reading machine state", "pod", klogRef(o.current), "err", err.Error())
-			}
+	if cur := o.pod(vm.Status.PodName); cur != nil && r.StateReader != nil && supervisor.Ready(cur) && cur.DeletionTimestamp == nil {
+		if st, err := r.StateReader.ReadState(ctx, cur); err == nil {
+			o.state, o.stateOf = st, cur.Name
+		} else {
+			logf.FromContext(ctx).V(1).Info("Reading machine state", "pod", klogRef(cur), "err", err.Error())
 		}
 	}
 	o.escalatedTo = escalationTarget(vm)
@@ -153,21 +200,6 @@ func escalationTarget(vm *vendingv1alpha1.VendingMachine) string {
 	return "humans (kubectl describe)"
 }
 
-// reconcileNormal runs the phases in order; each returns when it has acted or has to wait.
-func (r *VendingMachineReconciler) reconcileNormal(ctx context.Context, vm *vendingv1alpha1.VendingMachine,
-	o *observation, now time.Time) (ctrl.Result, error) {
-	if err := r.ensure(ctx, buildPVC(vm)); err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.ensure(ctx, buildService(vm)); err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.deleteOlderPods(ctx, vm, o.current); err != nil {
-		return ctrl.Result{}, err
-	}
-	return r.supervise(ctx, vm, o, now)
-}
-
 // ensure creates a child that does not exist yet. Children are never updated in place: the
 // claim is immutable, the service constant.
 func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object) error {
@@ -181,197 +213,144 @@ func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object
 	return nil
 }
 
-// deleteOlderPods removes pods of earlier incarnations: the restart that replaced them is done.
-func (r *VendingMachineReconciler) deleteOlderPods(ctx context.Context, vm *vendingv1alpha1.VendingMachine, current *corev1.Pod) error {
-	if current == nil {
-		return nil
-	}
-	pods := &corev1.PodList{}
-	if err := r.List(ctx, pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm))); err != nil {
-		return err
-	}
-	for i := range pods.Items {
-		p := &pods.Items[i]
-		if p.Name == current.Name || !metav1.IsControlledBy(p, vm) || p.DeletionTimestamp != nil {
-			continue
+// act carries out a step whose memory is written: deletions first, then the new incarnation.
+// Both are idempotent, so a pass that fails half way is finished by the next.
+func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.VendingMachine, step supervisor.Step) error {
+	for _, d := range step.Delete {
+		opts := []client.DeleteOption{client.Preconditions{UID: &d.Pod.UID}}
+		if !d.Graceful {
+			opts = append(opts, client.GracePeriodSeconds(0)) // terminal: nothing runs to stop
 		}
-		if err := r.Delete(ctx, p, client.GracePeriodSeconds(0)); client.IgnoreNotFound(err) != nil {
+		if err := r.Delete(ctx, d.Pod, opts...); client.IgnoreNotFound(err) != nil && !apierrors.IsConflict(err) {
 			return err
 		}
 	}
-	return nil
-}
-
-// supervise is the supervisor proper: create the first pod, recreate a lost one, roll a pod
-// whose spec changed, and decide about a failed one.
-func (r *VendingMachineReconciler) supervise(ctx context.Context, vm *vendingv1alpha1.VendingMachine,
-	o *observation, now time.Time) (ctrl.Result, error) {
-	pod := o.current
-	switch {
-	case pod == nil && vm.Status.PodName == "":
-		o.progress = ReasonCreating
-		return ctrl.Result{}, r.createPod(ctx, vm, podMemory{incarnation: 0}, "Created", "created pod %s", corev1.EventTypeNormal)
-	case pod == nil:
-		// Deleted from outside (or by a roll): recreate at once, on the same log.
-		o.progress = ReasonRecreating
-		n := incarnationFromName(vm) + 1
-		return ctrl.Result{}, r.createPod(ctx, vm, podMemory{incarnation: n}, "Recreated",
-			"pod %s was missing: recreated it on the same event log", corev1.EventTypeNormal)
-	case pod.DeletionTimestamp != nil:
-		o.progress = ReasonRecreating
-		return ctrl.Result{}, nil // its deletion will trigger the next pass
-	case !podTerminal(pod):
-		if reset, ok := vm.Annotations[annotationReset]; ok && reset != pod.Annotations[annotationReset] {
-			// A reset of a running machine (a fleet's AllForOne or RestForOne, or a human)
-			// restarts it: the next pass creates a fresh pod with a fresh window.
-			o.progress = ReasonRestarting
-			r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Reset", "Reset",
-				"reset requested (%s=%s): replacing pod %s (the new one replays the same log)", annotationReset, reset, pod.Name)
-			return ctrl.Result{}, r.deleteToReplace(ctx, pod, now)
-		}
-		if pod.Annotations[annotationTemplateHash] != templateHash(vm, r.image(vm)) {
-			o.progress = ReasonRolling
-			r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Rolling", "Roll",
-				"spec changed: replacing pod %s (the new one replays the same log)", pod.Name)
-			return ctrl.Result{}, r.deleteToReplace(ctx, pod, now)
-		}
-		return ctrl.Result{}, nil
+	if !step.Create {
+		return nil
 	}
-	return r.superviseFailure(ctx, vm, o, now)
-}
-
-// deleteToReplace deletes a running pod that the next pass replaces, and marks the observed
-// copy as going, so that this pass's status does not call the machine Ready on a pod that is
-// being replaced (a fleet rolling its machines waits on exactly that).
-func (r *VendingMachineReconciler) deleteToReplace(ctx context.Context, pod *corev1.Pod, now time.Time) error {
-	if err := r.Delete(ctx, pod); client.IgnoreNotFound(err) != nil {
-		return err
-	}
-	pod.DeletionTimestamp = &metav1.Time{Time: now}
-	return nil
-}
-
-// incarnationFromName is the incarnation the status last named, for recreating a lost pod.
-func incarnationFromName(vm *vendingv1alpha1.VendingMachine) int32 {
-	n, err := strconv.Atoi(strings.TrimPrefix(vm.Status.PodName, vm.Name+"-"))
-	if err != nil {
-		return vm.Status.Restarts
-	}
-	return max(int32(n), vm.Status.Restarts)
-}
-
-// superviseFailure decides about a failed pod once, records the decision on it, and acts.
-func (r *VendingMachineReconciler) superviseFailure(ctx context.Context, vm *vendingv1alpha1.VendingMachine,
-	o *observation, now time.Time) (ctrl.Result, error) {
-	pod := o.current
-	policy := policyOf(vm)
-	if o.decision == nil {
-		f, apiFailure := failureOf(pod)
-		d := supervision.Decide(policy, restartHistory(pod), f, vm.Namespace+"/"+vm.Name, now)
-		rec := recordedDecision{Action: d.Action, RestartAt: d.RestartAt, Reason: d.Reason, Message: d.Message, Failure: apiFailure}
-		if err := r.recordDecision(ctx, pod, rec); err != nil {
-			return ctrl.Result{}, err
-		}
-		o.decision = &rec
-		r.announceDecision(vm, pod, rec, now)
-	}
-	d := o.decision
-	if reset, ok := vm.Annotations[annotationReset]; ok && reset != pod.Annotations[annotationReset] && d.Action != supervision.Restart {
-		// A reset (from a fleet or a human) clears the escalation: a fresh pod, a fresh window.
-		o.decision = nil
-		o.progress = ReasonRestarting
-		return ctrl.Result{}, r.restart(ctx, vm, pod, *d, nil, "Reset")
-	}
-	if d.Action != supervision.Restart {
-		return ctrl.Result{}, nil // Stop or Escalate: the failed pod stays, as evidence
-	}
-	if wait := d.RestartAt.Sub(now); wait > 0 {
-		o.progress, o.nextRestartAt = ReasonBackingOff, &d.RestartAt
-		return ctrl.Result{RequeueAfter: wait}, nil
-	}
-	o.progress = ReasonRestarting
-	history := append(supervision.RecentRestarts(restartHistory(pod), policy.Window, now), now)
-	return ctrl.Result{}, r.restart(ctx, vm, pod, *d, history, string(d.Action)+" by the decider")
-}
-
-func (r *VendingMachineReconciler) recordDecision(ctx context.Context, pod *corev1.Pod, d recordedDecision) error {
-	b, err := json.Marshal(d)
-	if err != nil {
-		return err
-	}
-	patch := client.MergeFrom(pod.DeepCopy())
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	pod.Annotations[annotationDecision] = string(b)
-	return r.Patch(ctx, pod, patch)
-}
-
-// announceDecision emits the events and metrics of a new decision: once per failure, because
-// the decision is recorded on the pod before.
-func (r *VendingMachineReconciler) announceDecision(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod,
-	d recordedDecision, now time.Time) {
-	f := d.Failure
-	r.Recorder.Eventf(vm, pod, corev1.EventTypeWarning, "Failed", "Observe",
-		"pod %s failed: %s (exit %d): %s", pod.Name, f.Reason, f.ExitCode, truncate(f.Message, 300))
-	switch d.Action {
-	case supervision.Escalate:
-		escalationsTotal.Inc()
-		if f.Reason == contract.ReasonCorruptLog {
-			r.Recorder.Eventf(vm, pod, corev1.EventTypeWarning, "Escalated", "Escalate",
-				"%s; escalated to %s; see the Escalated condition for what to do",
-				truncate(corruptLogSummary(vm.Name, evidenceOf(claimOf(vm, pod), f)), 600), escalationTarget(vm))
-			return
-		}
-		r.Recorder.Eventf(vm, pod, corev1.EventTypeWarning, "Escalated", "Escalate",
-			"%s; escalated to %s", d.Message, escalationTarget(vm))
-	case supervision.Stop:
-		r.Recorder.Eventf(vm, pod, corev1.EventTypeWarning, "Stopped", "Stop", "%s", d.Message)
-	case supervision.Restart:
-		backoffSeconds.Observe(max(0, d.RestartAt.Sub(now).Seconds()))
-	}
-}
-
-// restart creates the next incarnation on the same claim, carrying the supervisor's memory,
-// then removes the failed pod.
-func (r *VendingMachineReconciler) restart(ctx context.Context, vm *vendingv1alpha1.VendingMachine, failed *corev1.Pod,
-	d recordedDecision, history []time.Time, why string) error {
-	f := d.Failure
-	f.Action = vendingv1alpha1.SupervisorAction(d.Action)
-	lf, _ := json.Marshal(f)
-	mem := podMemory{incarnation: incarnation(failed) + 1, history: formatHistory(history), lastFailure: string(lf)}
-	if err := r.createPod(ctx, vm, mem, "Restarted",
-		fmt.Sprintf("restarted as pod %%s after %s (%s); it replays the event log and completes pending orders",
-			f.Reason, why), corev1.EventTypeNormal); err != nil {
-		return err
-	}
-	restartsTotal.WithLabelValues(f.Reason).Inc()
-	return client.IgnoreNotFound(r.Delete(ctx, failed, client.GracePeriodSeconds(0)))
-}
-
-func (r *VendingMachineReconciler) createPod(ctx context.Context, vm *vendingv1alpha1.VendingMachine, mem podMemory,
-	reason, format, eventType string) error {
-	pod := buildPod(vm, r.image(vm), mem)
+	pod := buildPod(vm, r.image(vm), step.Memory.PodName, step.Memory.PodCause)
 	if err := r.Create(ctx, pod); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return nil // a stale cache: the pod is there, the next pass sees it
 		}
 		return err
 	}
-	logf.FromContext(ctx).Info("Created Pod", "pod", klogRef(pod), "incarnation", mem.incarnation, "reason", reason)
-	r.Recorder.Eventf(vm, pod, eventType, reason, "CreatePod", format, pod.Name)
+	logf.FromContext(ctx).Info("Created Pod", "pod", klogRef(pod), "cause", step.Memory.PodCause)
+	if step.Memory.PodCause == vendingv1alpha1.PodRestarted {
+		restartsTotal.WithLabelValues(failureReason(step.Memory.LastFailure)).Inc()
+	}
 	return nil
 }
 
-// announceRecovery emits Recovered when a machine that had restarted becomes Ready again: the
-// one event that compares with the previous status, since a transition is what it reports.
-func (r *VendingMachineReconciler) announceRecovery(before, after *vendingv1alpha1.VendingMachine) {
+func failureReason(f *vendingv1alpha1.Failure) string {
+	if f == nil {
+		return ""
+	}
+	return f.Reason
+}
+
+// announce emits the events (and metrics) of a step whose memory was just written: once per
+// decision and once per transition, since that write succeeds once.
+func (r *VendingMachineReconciler) announce(ctx context.Context, vm *vendingv1alpha1.VendingMachine, step supervisor.Step,
+	o observation, now time.Time) {
+	mem := step.Memory
+	if step.Decided && mem.LastFailure != nil {
+		r.announceDecision(vm, o.pod(mem.LastFailure.PodName), *mem.LastFailure, now)
+	}
+	if step.Transition == "" {
+		return
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: mem.PodName, Namespace: vm.Namespace}}
+	switch step.Transition {
+	case vendingv1alpha1.PodCreated:
+		r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Created", "CreatePod", "creating pod %s", mem.PodName)
+	case vendingv1alpha1.PodRestarted:
+		f := mem.LastFailure
+		r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Restarted", "CreatePod",
+			"restarting as pod %s after %s of pod %s (restart %d within the window; %s); it replays the event log and completes pending orders",
+			mem.PodName, f.Reason, f.PodName, len(mem.RestartTimes), f.DecisionReason)
+	case vendingv1alpha1.PodRecreated:
+		r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Recreated", "CreatePod",
+			"the previous pod was lost from outside (%s): recreating it as pod %s on the same event log; "+
+				"not counted against the restart window", lostHow(mem), mem.PodName)
+	case vendingv1alpha1.PodRolled:
+		r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Rolling", "Roll",
+			"spec changed: replacing the pod with %s (it replays the same log)", mem.PodName)
+	case vendingv1alpha1.PodReset:
+		r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Reset", "Reset",
+			"reset requested (%s=%s): replacing the pod with %s, with a fresh restart window (it replays the same log)",
+			annotationReset, mem.ObservedReset, mem.PodName)
+	}
+	logf.FromContext(ctx).Info("Supervisor step", "machine", klogRef(vm), "step", step.String())
+}
+
+// lostHow says how the previous pod was lost: stopped from outside with a reason, or gone.
+func lostHow(mem supervisor.Memory) string {
+	if f := mem.LastFailure; f != nil && f.External && f.Action == vendingv1alpha1.ActionRestart {
+		return f.Reason
+	}
+	return "its pod object was deleted"
+}
+
+// announceDecision emits the events and metrics of a new decision: once per failure, because
+// the decision is remembered before it is announced.
+func (r *VendingMachineReconciler) announceDecision(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod,
+	f vendingv1alpha1.Failure, now time.Time) {
+	related := relatedPod(pod)
+	if f.External {
+		r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Disrupted", "Observe",
+			"pod %s was stopped from outside: %s: %s; not the machine's failure", f.PodName, f.Reason, truncate(f.Message, 300))
+		return
+	}
+	r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Failed", "Observe",
+		"pod %s failed: %s (exit %d): %s", f.PodName, f.Reason, f.ExitCode, truncate(f.Message, 300))
+	switch f.Action {
+	case vendingv1alpha1.ActionEscalate:
+		escalationsTotal.Inc()
+		if f.Reason == contract.ReasonCorruptLog {
+			r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Escalated", "Escalate",
+				"%s; escalated to %s; see the Escalated condition for what to do",
+				truncate(corruptLogSummary(vm.Name, evidenceOf(claimOf(vm, pod), f)), 600), escalationTarget(vm))
+			return
+		}
+		r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Escalated", "Escalate",
+			"%s; escalated to %s", f.DecisionMessage, escalationTarget(vm))
+	case vendingv1alpha1.ActionStop:
+		r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Stopped", "Stop", "%s", f.DecisionMessage)
+	case vendingv1alpha1.ActionRestart:
+		if f.RestartAt != nil {
+			backoffSeconds.Observe(max(0, f.RestartAt.Sub(now).Seconds()))
+		}
+	}
+}
+
+// announceRecovery emits Recovered when a machine whose pod was restarted, recreated or reset
+// becomes Ready again: the one event that compares with the previous status, since a
+// transition is what it reports. A roll or a first start is no recovery.
+func (r *VendingMachineReconciler) announceRecovery(before, after *vendingv1alpha1.VendingMachine, o observation) {
 	was := meta.IsStatusConditionTrue(before.Status.Conditions, vendingv1alpha1.ConditionReady)
 	is := meta.IsStatusConditionTrue(after.Status.Conditions, vendingv1alpha1.ConditionReady)
-	if !was && is && after.Status.Restarts > 0 {
-		r.Recorder.Eventf(after, nil, corev1.EventTypeNormal, "Recovered", "Recover",
-			"pod %s is ready again after %d restarts: its event log is replayed", after.Status.PodName, after.Status.Restarts)
+	if was || !is {
+		return
 	}
+	st := after.Status
+	switch st.PodCause {
+	case vendingv1alpha1.PodRestarted:
+		r.Recorder.Eventf(after, relatedPod(o.pod(st.PodName)), corev1.EventTypeNormal, "Recovered", "Recover",
+			"pod %s is ready again after the restart on %s: its event log is replayed (%d restarts in the machine's life)",
+			st.PodName, failureReason(st.LastFailure), st.Restarts)
+	case vendingv1alpha1.PodRecreated, vendingv1alpha1.PodReset:
+		r.Recorder.Eventf(after, relatedPod(o.pod(st.PodName)), corev1.EventTypeNormal, "Recovered", "Recover",
+			"pod %s is ready again (%s): its event log is replayed", st.PodName, strings.ToLower(string(st.PodCause)))
+	}
+}
+
+// relatedPod is an event's related object: the pod, or none (a nil *Pod is not a nil Object).
+func relatedPod(p *corev1.Pod) runtime.Object {
+	if p == nil {
+		return nil
+	}
+	return p
 }
 
 func truncate(s string, n int) string {

@@ -11,20 +11,26 @@ import (
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/fleet"
-	"github.com/vendingfleet/vending-operator/internal/supervision"
+	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
-// observation is what one reconcile pass saw and decided; status is a pure function of it.
+// observation is what one reconcile pass saw.
 type observation struct {
-	current  *corev1.Pod
-	decision *recordedDecision // about the current pod's failure, when it failed
-	state    *contract.State   // what the pod reported, when it was reachable
-	// progress names what the supervisor is doing this pass: Creating, Restarting, BackingOff,
-	// Rolling, Recreating; empty when it waits for nothing.
-	progress      string
-	nextRestartAt *time.Time
-	// escalatedTo says who got the escalation: a VendingFleet, or humans.
+	pods    []corev1.Pod     // the machine's pods
+	state   *contract.State  // what the current pod reported, when it was reachable
+	stateOf string           // the pod that reported state
+	// escalatedTo says who gets an escalation: a VendingFleet, or humans.
 	escalatedTo string
+}
+
+// pod is the machine's pod of that name, nil when there is none.
+func (o observation) pod(name string) *corev1.Pod {
+	for i := range o.pods {
+		if o.pods[i].Name == name && name != "" {
+			return &o.pods[i]
+		}
+	}
+	return nil
 }
 
 // Condition reasons.
@@ -46,50 +52,45 @@ const (
 	ReasonRestarting   = "Restarting"
 	ReasonRolling      = "Rolling"
 	ReasonRecreating   = "Recreating"
+	ReasonResetting    = "Resetting"
 	ReasonStartingPod  = "StartingPod"
 	// ReasonCorruptLog on Escalated (of a machine or a fleet): the machine's log is corrupt and
 	// waits for humans with its claim intact.
 	ReasonCorruptLog = "CorruptLog"
 )
 
-// computeStatus rebuilds the machine's status from one pass's observation. It reads nothing
-// from the previous status but what it cannot observe elsewhere: the conditions' transition
-// times (kept by meta.SetStatusCondition).
-func computeStatus(vm *vendingv1alpha1.VendingMachine, o observation, now time.Time) vendingv1alpha1.VendingMachineStatus {
+// computeStatus is the machine's status after a step: the supervisor's memory as the step
+// leaves it, and the rest rebuilt from observation (the conditions' transition times are kept
+// by meta.SetStatusCondition). observedGeneration is the caller's.
+func computeStatus(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, o observation, now time.Time) vendingv1alpha1.VendingMachineStatus {
 	st := vendingv1alpha1.VendingMachineStatus{
-		ObservedGeneration: vm.Generation,
+		ObservedGeneration: vm.Status.ObservedGeneration,
 		Conditions:         vm.Status.Conditions,
 		Endpoint:           endpoint(vm),
 		LogClaim:           pvcName(vm),
-		ObservedReset:      vm.Annotations[annotationReset],
 	}
-	if pod := o.current; pod != nil {
-		st.ObservedReset = pod.Annotations[annotationReset]
-		st.PodName = pod.Name
-		st.Restarts = incarnation(pod)
-		for _, t := range supervision.RecentRestarts(restartHistory(pod), policyOf(vm).Window, now) {
-			st.RestartTimes = append(st.RestartTimes, metav1.NewTime(t))
-		}
-		st.LastFailure = lastFailureOf(pod)
-	}
-	if o.nextRestartAt != nil {
-		t := metav1.NewTime(*o.nextRestartAt)
+	mem := step.Memory
+	mem.WriteTo(&st)
+	if step.NextRestartAt != nil {
+		t := metav1.NewTime(*step.NextRestartAt)
 		st.NextRestartAt = &t
 	}
-	if o.state != nil {
+	pod := o.pod(mem.PodName)
+	if o.state != nil && o.stateOf == mem.PodName {
 		st.TotalCoins, st.Sequence = ptrInt64(o.state.TotalCoins), ptrInt64(int64(o.state.Sequence))
 	}
-	ready := o.current != nil && o.current.DeletionTimestamp == nil && !podTerminal(o.current) && podReady(o.current)
+	ready := pod != nil && pod.DeletionTimestamp == nil && !supervisor.Terminal(pod) && supervisor.Ready(pod)
 	for _, c := range []metav1.Condition{
-		readyCondition(o.current, ready),
-		escalatedCondition(vm, o, len(st.RestartTimes)),
-		progressingCondition(vm, o, ready, st.NextRestartAt),
+		readyCondition(pod, mem, ready),
+		escalatedCondition(vm, mem, o),
+		progressingCondition(vm, step, ready),
 		degradedCondition(o, ready),
 	} {
 		c.ObservedGeneration = vm.Generation
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
-	st.Phase = phaseOf(vm, o, ready)
+	st.Phase = phaseOf(vm, step, pod, ready, o)
+	_ = now
 	return st
 }
 
@@ -97,38 +98,43 @@ func cond(t string, s metav1.ConditionStatus, reason, msg string) metav1.Conditi
 	return metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg}
 }
 
-func readyCondition(pod *corev1.Pod, ready bool) metav1.Condition {
+func readyCondition(pod *corev1.Pod, mem supervisor.Memory, ready bool) metav1.Condition {
 	const t = vendingv1alpha1.ConditionReady
 	switch {
 	case ready:
 		return cond(t, metav1.ConditionTrue, ReasonPodReady,
 			fmt.Sprintf("pod %s is ready: its event log is replayed and it serves customers", pod.Name))
+	case pod == nil && mem.Pending() != nil:
+		return cond(t, metav1.ConditionFalse, ReasonPodFailed,
+			fmt.Sprintf("pod %s failed (its pod object is gone; status.lastFailure keeps what it reported)", mem.PodName))
 	case pod == nil:
-		return cond(t, metav1.ConditionFalse, ReasonNoPod, "the machine has no pod")
-	case podTerminal(pod):
+		return cond(t, metav1.ConditionFalse, ReasonNoPod, fmt.Sprintf("pod %s does not exist yet", mem.PodName))
+	case supervisor.Terminal(pod):
 		return cond(t, metav1.ConditionFalse, ReasonPodFailed, fmt.Sprintf("pod %s failed", pod.Name))
 	}
 	return cond(t, metav1.ConditionFalse, ReasonPodNotReady,
 		fmt.Sprintf("pod %s is not ready yet (replaying its event log, or starting)", pod.Name))
 }
 
-func escalated(o observation) bool {
-	return o.decision != nil && o.decision.Action == supervision.Escalate
-}
-func stopped(o observation) bool { return o.decision != nil && o.decision.Action == supervision.Stop }
-
-func escalatedCondition(vm *vendingv1alpha1.VendingMachine, o observation, recent int) metav1.Condition {
+func escalatedCondition(vm *vendingv1alpha1.VendingMachine, mem supervisor.Memory, o observation) metav1.Condition {
 	const t = vendingv1alpha1.ConditionEscalated
-	if escalated(o) && o.decision.Failure.Reason == contract.ReasonCorruptLog {
-		return cond(t, metav1.ConditionTrue, ReasonCorruptLog, corruptLogMessage(vm, o.current, o.decision.Failure, o.decision.Message))
+	if f := mem.Pending(); mem.Escalated() && f.Reason == contract.ReasonCorruptLog {
+		return cond(t, metav1.ConditionTrue, ReasonCorruptLog, corruptLogMessage(vm, o.pod(f.PodName), *f, f.DecisionMessage))
 	}
-	if escalated(o) {
-		return cond(t, metav1.ConditionTrue, o.decision.Reason,
+	if f := mem.Pending(); mem.Escalated() {
+		return cond(t, metav1.ConditionTrue, orDefault(f.DecisionReason, ReasonEscalated),
 			fmt.Sprintf("%s. Escalated to %s; no more restarts until the machine is reset (annotation %s).",
-				o.decision.Message, o.escalatedTo, annotationReset))
+				orDefault(f.DecisionMessage, "pod "+f.PodName+" failed: "+f.Reason), o.escalatedTo, annotationReset))
 	}
 	return cond(t, metav1.ConditionFalse, ReasonWithinBudget,
-		fmt.Sprintf("%d of %d restarts used within the window", recent, policyOf(vm).MaxRestarts))
+		fmt.Sprintf("%d of %d restarts used within the window", len(mem.RestartTimes), supervisor.PolicyOf(vm).MaxRestarts))
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
 }
 
 // corruptLogMessage says, on an escalated machine whose log is corrupt, what is affected, where
@@ -139,7 +145,7 @@ func corruptLogMessage(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, f ve
 	var who string
 	ref := metav1.GetControllerOf(vm)
 	switch {
-	case ref != nil && ref.Kind == kindVendingFleet && pod != nil && vm.Annotations[annotationCorruptLogHeld] == pod.Name:
+	case ref != nil && ref.Kind == kindVendingFleet && vm.Annotations[annotationCorruptLogHeld] == f.PodName:
 		who = fmt.Sprintf("VendingFleet %s escalated it to humans and keeps the claim as it is (spec.corruptLog.policy: Escalate)", ref.Name)
 	case ref != nil && ref.Kind == kindVendingFleet:
 		who = fmt.Sprintf("Escalated to VendingFleet %s, whose spec.corruptLog.policy decides: Escalate (the default) "+
@@ -181,20 +187,22 @@ func corruptLogSummary(machine string, e fleet.Evidence) string {
 	return fmt.Sprintf("machine %s: %s; the claim is kept as it is", machine, e)
 }
 
-func progressingCondition(vm *vendingv1alpha1.VendingMachine, o observation, ready bool, next *metav1.Time) metav1.Condition {
+func progressingCondition(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, ready bool) metav1.Condition {
 	const t = vendingv1alpha1.ConditionProgressing
+	mem := step.Memory
 	switch {
 	case vm.Spec.Paused:
 		return cond(t, metav1.ConditionFalse, ReasonPaused, "spec.paused: the supervisor does not act")
-	case escalated(o):
+	case mem.Escalated():
 		return cond(t, metav1.ConditionFalse, ReasonEscalated, "escalated: the supervisor waits for a reset")
-	case stopped(o):
-		return cond(t, metav1.ConditionFalse, ReasonStopped, o.decision.Message)
-	case o.progress == ReasonBackingOff && next != nil:
+	case mem.Stopped():
+		return cond(t, metav1.ConditionFalse, ReasonStopped, orDefault(mem.Pending().DecisionMessage, "stopped by the decider"))
+	case step.Progress == supervisor.BackingOff && step.NextRestartAt != nil:
 		return cond(t, metav1.ConditionTrue, ReasonBackingOff,
-			fmt.Sprintf("restarting at %s (%s)", next.UTC().Format(time.RFC3339), o.decision.Message))
-	case o.progress != "":
-		return cond(t, metav1.ConditionTrue, o.progress, "the supervisor is bringing a pod up")
+			fmt.Sprintf("restarting at %s (%s)", step.NextRestartAt.UTC().Format(time.RFC3339), mem.Pending().DecisionMessage))
+	case step.Progress != supervisor.Idle:
+		return cond(t, metav1.ConditionTrue, string(step.Progress),
+			fmt.Sprintf("the supervisor is bringing pod %s up", mem.PodName))
 	case !ready:
 		return cond(t, metav1.ConditionTrue, ReasonStartingPod, "waiting for the pod to become ready")
 	}
@@ -212,15 +220,18 @@ func degradedCondition(o observation, ready bool) metav1.Condition {
 	return cond(t, metav1.ConditionUnknown, ReasonStateUnknown, "the machine's state was not read")
 }
 
-func phaseOf(vm *vendingv1alpha1.VendingMachine, o observation, ready bool) vendingv1alpha1.MachinePhase {
+func phaseOf(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, pod *corev1.Pod, ready bool,
+	o observation) vendingv1alpha1.MachinePhase {
+	mem := step.Memory
 	switch {
 	case vm.Spec.Paused:
 		return vendingv1alpha1.PhasePaused
-	case escalated(o):
+	case mem.Escalated():
 		return vendingv1alpha1.PhaseEscalated
-	case stopped(o):
+	case mem.Stopped():
 		return vendingv1alpha1.PhaseStopped
-	case o.current != nil && podTerminal(o.current), o.progress == ReasonRestarting, o.progress == ReasonRecreating:
+	case pod != nil && supervisor.Terminal(pod), step.Progress == supervisor.Restarting, step.Progress == supervisor.Recreating,
+		step.Progress == supervisor.BackingOff, step.Progress == supervisor.Resetting:
 		return vendingv1alpha1.PhaseRestarting
 	case !ready:
 		return vendingv1alpha1.PhasePending

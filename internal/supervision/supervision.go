@@ -43,9 +43,11 @@ type Policy struct {
 type Failure struct {
 	Reason string
 	At     time.Time // when the container terminated
-	// External failures (pod deleted, evicted, lost with its node) were done to the machine,
-	// not by it: the decider is not asked, the pod is recreated, and the restart still counts
-	// against the intensity so that a pod that keeps vanishing escalates too.
+	// External failures (evicted, terminated by a shutting-down node's kubelet, a
+	// DisruptionTarget) were done to the machine, not by it: the decider is not asked, the pod
+	// is recreated at once, and the restart does not count against the intensity, so that a
+	// drain or a node shutdown never escalates a healthy machine. (What keeps doing this to a
+	// machine is the cluster's problem, and the cluster's events say so.)
 	External bool
 }
 
@@ -84,33 +86,31 @@ func RecentRestarts(restarts []time.Time, window time.Duration, now time.Time) [
 // (the machine's identity) makes the jitter deterministic: the same inputs always give the
 // same decision, and machines that fail together restart apart.
 func Decide(p Policy, restarts []time.Time, f Failure, seed string, now time.Time) Decision {
-	reason, msg := ReasonRecreate, fmt.Sprintf("pod lost (%s): recreating it", f.Reason)
-	if !f.External {
-		action, ok := p.Decider[f.Reason]
-		if !ok {
-			return Decision{Action: Escalate, Reason: ReasonUnknownFailure,
-				Message: fmt.Sprintf("failure %s is not in the decider: escalating", f.Reason)}
-		}
-		switch action {
-		case Stop:
-			return Decision{Action: Stop, Reason: ReasonDeciderStop,
-				Message: fmt.Sprintf("the decider stops the machine on %s", f.Reason)}
-		case Escalate:
-			return Decision{Action: Escalate, Reason: ReasonDeciderEscalate,
-				Message: fmt.Sprintf("the decider escalates %s", f.Reason)}
-		}
-		reason, msg = ReasonDeciderRestart, fmt.Sprintf("the decider restarts on %s", f.Reason)
+	if f.External {
+		return Decision{Action: Restart, RestartAt: f.At, Reason: ReasonRecreate, Message: fmt.Sprintf(
+			"pod stopped from outside (%s), not by a failure of its own: recreating it at once, outside the restart window", f.Reason)}
 	}
+	action, ok := p.Decider[f.Reason]
+	if !ok {
+		return Decision{Action: Escalate, Reason: ReasonUnknownFailure,
+			Message: fmt.Sprintf("failure %s is not in the decider: escalating", f.Reason)}
+	}
+	switch action {
+	case Stop:
+		return Decision{Action: Stop, Reason: ReasonDeciderStop,
+			Message: fmt.Sprintf("the decider stops the machine on %s", f.Reason)}
+	case Escalate:
+		return Decision{Action: Escalate, Reason: ReasonDeciderEscalate,
+			Message: fmt.Sprintf("the decider escalates %s", f.Reason)}
+	}
+	msg := fmt.Sprintf("the decider restarts on %s", f.Reason)
 	recent := RecentRestarts(restarts, p.Window, now)
 	if len(recent) >= p.MaxRestarts {
 		return Decision{Action: Escalate, Reason: ReasonIntensityReached, Message: fmt.Sprintf(
 			"%s after %d restarts within %v (maxRestarts %d): escalating", f.Reason, len(recent), p.Window, p.MaxRestarts)}
 	}
 	delay := Backoff(p, len(recent), seed)
-	if f.External {
-		delay = 0 // nothing failed inside: bring it back at once
-	}
-	return Decision{Action: Restart, RestartAt: f.At.Add(delay), Reason: reason,
+	return Decision{Action: Restart, RestartAt: f.At.Add(delay), Reason: ReasonDeciderRestart,
 		Message: fmt.Sprintf("%s; restart %d of %d within %v, after %v", msg, len(recent)+1, p.MaxRestarts, p.Window, delay)}
 }
 

@@ -1,0 +1,321 @@
+// Package supervisor is the VendingMachine supervisor's choice as a pure function: given the
+// machine (its spec, its reset annotation and its status, which holds the supervisor's
+// memory), the pods it owns and the time, what to remember and what to do. No client, no clock:
+// the reconciler observes, calls Next, writes the memory, then acts.
+//
+// The memory (status.podName, podUID, podCause, lastFailure with its decision, restartTimes,
+// the counters, observedReset) is never rebuilt from pods: pods are evidence that anyone may
+// delete. Next returns the memory after the step; the reconciler writes it, conditionally on the
+// version it read, before it creates or deletes anything, so that a crash, a conflict or a
+// stale cache can delay a step but never fork or erase what was decided.
+package supervisor
+
+import (
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/supervision"
+)
+
+// Input is everything the supervisor's choice depends on.
+type Input struct {
+	// Machine: spec (policy, paused), the reset annotation, and status (the memory).
+	Machine *vendingv1alpha1.VendingMachine
+	// Pods the machine controls.
+	Pods []corev1.Pod
+	// TemplateHash of the pod the spec asks for now; a running pod with another is rolled.
+	TemplateHash string
+	Now          time.Time
+}
+
+// Memory is what the supervisor must not forget; it lives in the machine's status.
+type Memory struct {
+	PodName       string
+	PodUID        types.UID
+	PodCause      vendingv1alpha1.PodCause
+	Restarts      int32
+	Recreations   int32
+	Rolls         int32
+	Resets        int32
+	RestartTimes  []metav1.Time
+	LastFailure   *vendingv1alpha1.Failure
+	ObservedReset string
+}
+
+// MemoryOf reads the memory from a status.
+func MemoryOf(st *vendingv1alpha1.VendingMachineStatus) Memory {
+	m := Memory{PodName: st.PodName, PodUID: st.PodUID, PodCause: st.PodCause, Restarts: st.Restarts,
+		Recreations: st.Recreations, Rolls: st.Rolls, Resets: st.Resets, ObservedReset: st.ObservedReset}
+	m.RestartTimes = append(m.RestartTimes, st.RestartTimes...)
+	if st.LastFailure != nil {
+		m.LastFailure = st.LastFailure.DeepCopy()
+	}
+	return m
+}
+
+// WriteTo puts the memory into a status.
+func (m Memory) WriteTo(st *vendingv1alpha1.VendingMachineStatus) {
+	st.PodName, st.PodUID, st.PodCause = m.PodName, m.PodUID, m.PodCause
+	st.Restarts, st.Recreations, st.Rolls, st.Resets = m.Restarts, m.Recreations, m.Rolls, m.Resets
+	st.RestartTimes, st.LastFailure, st.ObservedReset = m.RestartTimes, m.LastFailure, m.ObservedReset
+}
+
+// Equal: the same memory (so nothing needs writing).
+func (m Memory) Equal(o Memory) bool { return equality.Semantic.DeepEqual(m, o) }
+
+// Pending is the decision in force: about the failure of the current incarnation, until a
+// restart or a reset moves the machine on to the next one. A Stop or an Escalate stays in force
+// when the failed pod is deleted.
+func (m Memory) Pending() *vendingv1alpha1.Failure {
+	if m.LastFailure != nil && m.LastFailure.Action != "" && m.LastFailure.PodName == m.PodName {
+		return m.LastFailure
+	}
+	return nil
+}
+
+// Escalated: the supervisor gave up on the current incarnation and waits for a reset.
+func (m Memory) Escalated() bool {
+	p := m.Pending()
+	return p != nil && p.Action == vendingv1alpha1.ActionEscalate
+}
+
+// Stopped: the decider stopped the machine; it waits for a reset.
+func (m Memory) Stopped() bool {
+	p := m.Pending()
+	return p != nil && p.Action == vendingv1alpha1.ActionStop
+}
+
+// Progress names what the supervisor is doing, for the Progressing condition.
+type Progress string
+
+// Progress values.
+const (
+	Idle       Progress = ""
+	Creating   Progress = "Creating"
+	Restarting Progress = "Restarting"
+	Recreating Progress = "Recreating"
+	BackingOff Progress = "BackingOff"
+	Rolling    Progress = "Rolling"
+	Resetting  Progress = "Resetting"
+)
+
+// Deletion is a pod to delete. Graceful for a pod whose container may still run (it gets its
+// SIGTERM and the API object stays until the kubelet confirms); at once for a terminal one.
+type Deletion struct {
+	Pod      *corev1.Pod
+	Graceful bool
+}
+
+// Step is what the supervisor chose.
+type Step struct {
+	// Memory after the step: written before any action.
+	Memory Memory
+	// Transition, when the step moves the machine to a new incarnation (or creates its first),
+	// says why: one event per transition, since the memory write that records it happens once.
+	Transition vendingv1alpha1.PodCause
+	// Decided: the step made a new decision about a failure (Memory.LastFailure), to announce.
+	Decided bool
+	// Delete these pods, then Create (when set): the incarnation in Memory.PodName, which no
+	// pod that may still run on the claim precedes.
+	Delete []Deletion
+	Create bool
+	// Progress and, while backing off, when the restart is due.
+	Progress      Progress
+	NextRestartAt *time.Time
+	// Current is the pod of the current incarnation, when it exists.
+	Current *corev1.Pod
+}
+
+// Next is the supervisor's choice for one pass. See the package comment for the contract.
+func Next(in Input) Step {
+	vm, now := in.Machine, in.Now
+	policy := PolicyOf(vm)
+	mem := MemoryOf(&vm.Status)
+	mem.RestartTimes = recentTimes(mem.RestartTimes, policy.Window, now)
+	s := &Step{Memory: mem}
+
+	if mem.PodName == "" {
+		// A new machine: it has nothing to reset, and its first pod is incarnation 0.
+		s.Memory.ObservedReset = vm.Annotations[AnnotationReset]
+		s.next(vm, 0, vendingv1alpha1.PodCreated, Creating)
+		s.Create = true
+		return *s
+	}
+
+	cur := incarnationOfName(vm, mem.PodName)
+	for i := range in.Pods {
+		// A pod newer than the memory: the memory was lost (a status restored without its
+		// status, say). Adopt the pod rather than reuse its name.
+		if n := Incarnation(&in.Pods[i]); n > cur {
+			cur = n
+			s.Memory.PodName, s.Memory.PodUID = in.Pods[i].Name, ""
+		}
+	}
+	var olderRunning bool
+	for i := range in.Pods {
+		p := &in.Pods[i]
+		switch {
+		case p.Name == s.Memory.PodName:
+			s.Current = p
+		case Incarnation(p) < cur:
+			// An earlier incarnation: the step that replaced it is done; it goes.
+			if !Terminal(p) {
+				olderRunning = true
+			}
+			if p.DeletionTimestamp == nil {
+				s.Delete = append(s.Delete, Deletion{Pod: p, Graceful: !Terminal(p)})
+			}
+		}
+	}
+	if pod := s.Current; pod != nil && s.Memory.PodUID == "" {
+		s.Memory.PodUID = pod.UID
+	}
+
+	if reset := vm.Annotations[AnnotationReset]; reset != "" && reset != s.Memory.ObservedReset {
+		s.reset(vm, cur, reset, olderRunning)
+		return *s
+	}
+
+	pod := s.Current
+	switch {
+	case pod == nil:
+		s.lost(vm, cur, olderRunning, now)
+	case Terminal(pod):
+		s.failed(vm, cur, policy, olderRunning, now)
+	case pod.DeletionTimestamp != nil:
+		s.Progress = Recreating // deleted from outside: when it is gone, lost() recreates it
+	case pod.Annotations[AnnotationTemplateHash] != in.TemplateHash:
+		s.Memory.Rolls++
+		s.next(vm, cur+1, vendingv1alpha1.PodRolled, Rolling)
+		s.Delete = append(s.Delete, Deletion{Pod: pod, Graceful: true})
+	}
+	return *s
+}
+
+// next moves the memory to incarnation n, for cause.
+func (s *Step) next(vm *vendingv1alpha1.VendingMachine, n int32, cause vendingv1alpha1.PodCause, p Progress) {
+	s.Memory.PodName, s.Memory.PodUID, s.Memory.PodCause = PodName(vm, n), "", cause
+	s.Transition, s.Progress = cause, p
+}
+
+// reset clears the window and any decision in force, and replaces the current pod with a new
+// incarnation: a fresh start on the same log.
+func (s *Step) reset(vm *vendingv1alpha1.VendingMachine, cur int32, reset string, olderRunning bool) {
+	s.Memory.ObservedReset, s.Memory.RestartTimes = reset, nil
+	s.Memory.Resets++
+	pod := s.Current
+	s.next(vm, cur+1, vendingv1alpha1.PodReset, Resetting)
+	s.Current = nil
+	if pod != nil && pod.DeletionTimestamp == nil {
+		s.Delete = append(s.Delete, Deletion{Pod: pod, Graceful: !Terminal(pod)})
+	}
+	s.Create = !olderRunning && (pod == nil || Terminal(pod))
+}
+
+// lost: the current incarnation has no pod. Either a decision is in force (its failed pod was
+// deleted: the decision still holds), or the pod was seen and is gone (lost from outside:
+// recreated at once, outside the window), or it was reserved and never seen (create it: by
+// name, so a stale cache gets AlreadyExists, never a second pod).
+func (s *Step) lost(vm *vendingv1alpha1.VendingMachine, cur int32, olderRunning bool, now time.Time) {
+	if d := s.Memory.Pending(); d != nil {
+		if d.Action == vendingv1alpha1.ActionRestart {
+			s.restart(vm, cur, d, olderRunning, now)
+		}
+		return // Stop or Escalate holds, evidence or not
+	}
+	if s.Memory.PodUID != "" {
+		s.Memory.Recreations++
+		s.next(vm, cur+1, vendingv1alpha1.PodRecreated, Recreating)
+	} else if s.Progress == Idle {
+		s.Progress = progressOf(s.Memory.PodCause)
+	}
+	s.Create = !olderRunning
+}
+
+// failed: the current pod ended. Decide once (the decision goes into the memory before it is
+// announced or acted on), then carry the decision in force out.
+func (s *Step) failed(vm *vendingv1alpha1.VendingMachine, cur int32, policy supervision.Policy, olderRunning bool,
+	now time.Time) {
+	d := s.Memory.Pending()
+	if d == nil {
+		f, api := FailureOf(s.Current)
+		dec := supervision.Decide(policy, timesOf(s.Memory.RestartTimes), f, vm.Namespace+"/"+vm.Name, now)
+		api.Action = vendingv1alpha1.SupervisorAction(dec.Action)
+		api.DecisionReason, api.DecisionMessage = dec.Reason, dec.Message
+		if dec.Action == supervision.Restart {
+			api.RestartAt = &metav1.MicroTime{Time: dec.RestartAt}
+		}
+		s.Memory.LastFailure, s.Decided = &api, true
+		d = &api
+	}
+	if d.Action == vendingv1alpha1.ActionRestart {
+		failedPod := s.Current
+		if s.restart(vm, cur, d, olderRunning, now) && failedPod.DeletionTimestamp == nil {
+			s.Delete = append(s.Delete, Deletion{Pod: failedPod})
+		}
+	}
+}
+
+// restart carries out a Restart decision when its time has come: the next incarnation, the
+// restart in the window (unless the failure was external) and the counters.
+func (s *Step) restart(vm *vendingv1alpha1.VendingMachine, cur int32, d *vendingv1alpha1.Failure, olderRunning bool,
+	now time.Time) bool {
+	if d.RestartAt != nil && d.RestartAt.After(now) {
+		at := d.RestartAt.Time
+		s.Progress, s.NextRestartAt = BackingOff, &at
+		return false
+	}
+	if d.External {
+		s.Memory.Recreations++
+		s.next(vm, cur+1, vendingv1alpha1.PodRecreated, Recreating)
+	} else {
+		s.Memory.Restarts++
+		s.Memory.RestartTimes = append(s.Memory.RestartTimes, metav1.NewTime(now))
+		s.next(vm, cur+1, vendingv1alpha1.PodRestarted, Restarting)
+	}
+	s.Current = nil
+	s.Create = !olderRunning
+	return true
+}
+
+func progressOf(c vendingv1alpha1.PodCause) Progress {
+	switch c {
+	case vendingv1alpha1.PodRestarted:
+		return Restarting
+	case vendingv1alpha1.PodRecreated:
+		return Recreating
+	case vendingv1alpha1.PodRolled:
+		return Rolling
+	case vendingv1alpha1.PodReset:
+		return Resetting
+	}
+	return Creating
+}
+
+func recentTimes(ts []metav1.Time, window time.Duration, now time.Time) []metav1.Time {
+	var out []metav1.Time
+	for _, t := range supervision.RecentRestarts(timesOf(ts), window, now) {
+		out = append(out, metav1.NewTime(t))
+	}
+	return out
+}
+
+func timesOf(ts []metav1.Time) []time.Time {
+	out := make([]time.Time, len(ts))
+	for i, t := range ts {
+		out[i] = t.Time
+	}
+	return out
+}
+
+// String is for logs.
+func (s Step) String() string {
+	return fmt.Sprintf("pod=%s transition=%q create=%v delete=%d progress=%q", s.Memory.PodName, s.Transition, s.Create,
+		len(s.Delete), s.Progress)
+}
