@@ -214,7 +214,9 @@ func TestPullThePlug(t *testing.T) {
 	t.Logf("%d acknowledged requests, %d coins, %d orders, through %d chaos steps", len(acks), coins, orders, len(chaos))
 
 	got := machine(g, vm)
-	g.Expect(got.Status.Restarts).To(BeNumerically(">=", 4))
+	// Restarts count the machine's own failures (each SIGKILL); the deleted pod is a recreation.
+	g.Expect(got.Status.Restarts).To(BeNumerically(">=", 3))
+	g.Expect(got.Status.Recreations).To(BeNumerically(">=", 1))
 	g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
 	g.Expect(eventReasons(g, vm)).To(ContainElements("Restarted", "Recreated", "Recovered"))
 }
