@@ -102,12 +102,15 @@ type harness struct {
 
 	mu   sync.Mutex
 	seen map[string][]int // ConfigMap name -> the managers that reconciled it
+
+	// release unblocks the reconciles of ConfigMaps named "stuck": a controller that does not stop.
+	release chan struct{}
 }
 
 func startLoop(t *testing.T, ns, leaseName string) *harness {
 	t.Helper()
 	h := &harness{identity: "test_" + leaseName, probeAddr: freeAddr(t), events: make(chan Event, 1000),
-		done: make(chan error, 1), seen: map[string][]int{}}
+		done: make(chan error, 1), seen: map[string][]int{}, release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	managers := 0
@@ -121,8 +124,11 @@ func startLoop(t *testing.T, ns, leaseName string) *harness {
 			return ctrl.NewControllerManagedBy(mgr).For(&corev1.ConfigMap{}).Named("probe").
 				Complete(reconcile.Func(func(_ context.Context, req reconcile.Request) (reconcile.Result, error) {
 					h.mu.Lock()
-					defer h.mu.Unlock()
 					h.seen[req.Name] = append(h.seen[req.Name], n)
+					h.mu.Unlock()
+					if req.Name == "stuck" {
+						<-h.release
+					}
 					return reconcile.Result{}, nil
 				}))
 		},
@@ -139,6 +145,7 @@ func startLoop(t *testing.T, ns, leaseName string) *harness {
 	}
 	go func() { h.done <- Run(ctx, config) }()
 	t.Cleanup(func() {
+		close(h.release)
 		cancel()
 		<-h.done
 	})
@@ -288,4 +295,26 @@ func TestStartsWhileTheAPIServerIsAway(t *testing.T) {
 	h.waitFor(t, Leading, 1)
 	configMap(g, ns, "first")
 	g.Eventually(func() []int { return h.reconciledBy("first") }).Should(ContainElement(1))
+}
+
+// A controller still reconciling when another replica may already lead (the lease's margin is
+// spent) must not be left running beside a new manager: the loop gives up and Run returns
+// ErrControllersDidNotStop, so that the process exits, as controller-runtime's would have.
+func TestAControllerThatDoesNotStopEndsTheProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("envtest")
+	}
+	g := NewWithT(t)
+	ns := namespace(t)
+	h := startLoop(t, ns, "stuck")
+	h.waitFor(t, Leading, 1)
+	configMap(g, ns, "stuck")
+	g.Eventually(func() []int { return h.reconciledBy("stuck") }).Should(ContainElement(1))
+
+	stopAPIServer(t)
+	h.waitFor(t, Draining, 1)
+	var err error
+	g.Eventually(h.done, 2*time.Minute).Should(Receive(&err), "Run must return, not go round")
+	g.Expect(err).To(MatchError(ErrControllersDidNotStop))
+	h.done <- err // for the cleanup
 }
