@@ -160,11 +160,57 @@ type VendingFleetSpec struct {
 type Escalation struct {
 	// machine that escalated.
 	Machine string `json:"machine"`
-	// time the fleet acted on it.
+	// time the fleet acted on it: when it made the reset plan that answers it.
 	Time metav1.Time `json:"time"`
 	// reason of the machine's last failure.
 	// +optional
 	Reason string `json:"reason,omitempty"`
+	// pod of the machine that failed last before it escalated.
+	// +optional
+	Pod string `json:"pod,omitempty"`
+	// failedAt is when that pod failed.
+	// +optional
+	FailedAt *metav1.Time `json:"failedAt,omitempty"`
+	// observedReset is the machine's status.observedReset when it escalated. A machine stays
+	// escalated until its vending.resilience.dev/reset annotation changes, so machine and
+	// observedReset name one escalation: the fleet answers it with one reset plan, once.
+	// +optional
+	ObservedReset string `json:"observedReset,omitempty"`
+	// plan is the token of the reset plan that answered it (empty on records older than plans).
+	// +optional
+	Plan string `json:"plan,omitempty"`
+}
+
+// PlannedReset is one machine of a reset plan.
+type PlannedReset struct {
+	// name of the machine.
+	Name string `json:"name"`
+	// quarantine: the machine's log is corrupt and spec.corruptLog.policy is StartNewLog; its
+	// claim is set aside and it starts on a new, empty log.
+	// +optional
+	Quarantine bool `json:"quarantine,omitempty"`
+}
+
+// ResetPlan is a reset the fleet recorded before carrying it out. A reset of several machines
+// (AllForOne, RestForOne) is one write per machine, and a conflict or an operator restart can
+// stop it between two; the recorded plan is what every later pass completes first.
+type ResetPlan struct {
+	// token is the value each machine of the plan gets in its vending.resilience.dev/reset
+	// annotation; a machine that carries it is done, so the plan writes each machine once.
+	Token string `json:"token"`
+	// strategy the plan carries out.
+	Strategy FleetStrategy `json:"strategy"`
+	// escalations the plan answers.
+	// +listType=atomic
+	Escalations []Escalation `json:"escalations"`
+	// machines to reset, in the order they are written (the escalated machines first).
+	// +listType=atomic
+	Machines []PlannedReset `json:"machines"`
+	// createdAt is when the fleet made the plan.
+	CreatedAt metav1.Time `json:"createdAt"`
+	// message says what the plan answers and why, as the Reset event will.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // Condition types of a VendingFleet: Ready, Progressing, Degraded, Escalated (the same words
@@ -198,10 +244,19 @@ type VendingFleetStatus struct {
 	// +optional
 	Ready string `json:"ready,omitempty"`
 
-	// escalations the fleet handled inside the intensity window, oldest first.
+	// escalations the fleet handled inside the intensity window, oldest first. Part of the
+	// fleet's memory (with the same records on the machines it reset): an escalation listed
+	// here is never answered again.
 	// +listType=atomic
 	// +optional
 	Escalations []Escalation `json:"escalations,omitempty"`
+
+	// resetPlan is the reset in progress: recorded (with optimistic concurrency) before any
+	// machine is written, continued by every pass until each of its machines carries its
+	// token, then cleared, its escalations kept in escalations. Absent when no reset is in
+	// progress.
+	// +optional
+	ResetPlan *ResetPlan `json:"resetPlan,omitempty"`
 
 	// escalationCount is len(escalations), for printer columns.
 	// +optional

@@ -67,7 +67,15 @@ type VendingFleetReconciler struct {
 // fleetObservation is what one pass saw of the fleet's machines and decided.
 type fleetObservation struct {
 	machines map[int]*vendingv1alpha1.VendingMachine
-	plan     fleet.Plan
+	// memory is what the fleet's status remembered at the start of the pass.
+	memory fleet.Memory
+	plan   fleet.Plan
+	// resetPlan is the reset in progress after this pass (status.resetPlan); retired is the
+	// plan this pass completed, announced once the status that clears it is written.
+	resetPlan *fleet.ResetPlan
+	retired   *fleet.ResetPlan
+	// recorded is the fleet as the API server stored it when this pass recorded a plan.
+	recorded *vendingv1alpha1.VendingFleet
 	step     fleet.Step
 	scaling  bool
 }
@@ -88,22 +96,35 @@ func (r *VendingFleetReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	o := &fleetObservation{machines: machines}
+	mem := fleetMemory(f)
+	o := &fleetObservation{machines: machines, memory: mem, resetPlan: mem.Plan}
 	var result ctrl.Result
 	var actErr error
 	if !f.Spec.Paused {
 		result, actErr = r.act(ctx, f, o, now)
 	} else {
-		o.plan = fleet.Decide(fleetPolicy(f), fleetMachines(o.machines), now)
+		o.plan = fleet.Decide(fleetPolicy(f), fleetMachines(o.machines), mem, now)
 		o.step = fleet.NextRollout(rolloutMachines(f, o.machines), rolloutDeadline(f), now)
 	}
 	f.Status = computeFleetStatus(f, o)
-	r.announceFleet(before, f, o)
-	if !equality.Semantic.DeepEqual(before.Status, f.Status) {
-		if err := r.Status().Patch(ctx, f, client.MergeFrom(before)); err != nil && !apierrors.IsNotFound(err) && actErr == nil {
-			actErr = err
+	// The status is the fleet's memory (its escalations, the plan in progress): written only
+	// from a fresh view (resourceVersion), so a pass that read a stale fleet cannot drop what
+	// a later pass recorded; it fails with a conflict and the next pass sees the fleet anew.
+	// Events follow the write, so a pass whose write failed announces nothing.
+	base := before
+	if o.recorded != nil {
+		base = o.recorded // this pass wrote the status already (the plan): the patch starts from there
+	}
+	if !equality.Semantic.DeepEqual(base.Status, f.Status) {
+		err := r.Status().Patch(ctx, f, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
+		if err != nil {
+			if !apierrors.IsNotFound(err) && actErr == nil {
+				actErr = err
+			}
+			return result, actErr
 		}
 	}
+	r.announceFleet(before, f, o)
 	// Come back when the oldest escalation leaves the window: an escalated fleet has room again.
 	if len(o.plan.History) > 0 {
 		result.RequeueAfter = minPositive(result.RequeueAfter, o.plan.History[0].Time.Add(fleetPolicy(f).Window).Sub(now)+time.Second)
@@ -176,7 +197,7 @@ func (r *VendingFleetReconciler) act(ctx context.Context, f *vendingv1alpha1.Ven
 		return ctrl.Result{}, err
 	}
 
-	o.plan = fleet.Decide(fleetPolicy(f), fleetMachines(o.machines), now)
+	o.plan = fleet.Decide(fleetPolicy(f), fleetMachines(o.machines), o.memory, now)
 	if err := r.hold(ctx, f, o); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -194,54 +215,76 @@ func (r *VendingFleetReconciler) act(ctx context.Context, f *vendingv1alpha1.Ven
 	return ctrl.Result{}, nil
 }
 
-// reset carries out the plan's resets: each machine's reset annotation gets a new value and
-// the escalation is recorded on it; a corrupt log is quarantined first.
+// reset carries out the reset plan in progress, or records a new one first and then carries
+// it out: each machine of the plan gets, in one update, the plan's token in its reset
+// annotation and the escalations it answers; a corrupt log is quarantined first. A machine
+// that records the plan is done, so a pass that follows a conflict, an error or an operator
+// restart writes only what is left; when nothing is, the plan is retired (by the status write
+// at the end of the pass).
 func (r *VendingFleetReconciler) reset(ctx context.Context, f *vendingv1alpha1.VendingFleet, o *fleetObservation, now time.Time) error {
-	if len(o.plan.Resets) == 0 {
-		return nil
-	}
-	token := "fleet-" + strconv.FormatInt(now.UnixNano(), 36)
-	// The escalated machines go first: their Update is the guard against a stale cache (a
-	// conflict if the escalation was already handled), so it must fail before any healthy
-	// machine of an AllForOne or RestForOne plan is reset a second time.
-	resets := slices.Clone(o.plan.Resets)
-	slices.SortStableFunc(resets, func(a, b fleet.Reset) int {
-		ea, eb := machineEscalated(o.machines[a.Index]), machineEscalated(o.machines[b.Index])
-		switch {
-		case ea && !eb:
-			return -1
-		case eb && !ea:
-			return 1
+	rp := o.resetPlan
+	if rp == nil {
+		if o.plan.Record == nil {
+			return nil
 		}
-		return 0
-	})
-	for _, rs := range resets {
-		vm := o.machines[rs.Index]
-		if rs.Quarantine {
+		if err := r.recordPlan(ctx, f, o.plan.Record); err != nil {
+			return err
+		}
+		o.recorded = f.DeepCopy()
+		rp = o.plan.Record
+		o.resetPlan = rp
+	}
+	window := fleetPolicy(f).Window
+	machines := fleetMachines(o.machines)
+	byName := make(map[string]fleet.Machine, len(machines))
+	for _, m := range machines {
+		byName[m.Name] = m
+	}
+	for _, pr := range fleet.Remaining(rp, machines) {
+		m := byName[pr.Name]
+		vm := o.machines[m.Index]
+		if pr.Quarantine {
 			if err := r.quarantine(ctx, f, vm, now); err != nil {
 				return err
 			}
 		}
-		history, err := json.Marshal(rs.History)
+		history, err := json.Marshal(fleet.MachineHistory(m.History, rp, window, now))
 		if err != nil {
 			return err
 		}
 		if vm.Annotations == nil {
 			vm.Annotations = map[string]string{}
 		}
-		vm.Annotations[annotationReset] = token
+		vm.Annotations[annotationReset] = rp.Token
 		vm.Annotations[annotationFleetEscalations] = string(history)
 		delete(vm.Annotations, annotationCorruptLogHeld) // a reset ends a hold (an opt-in after it, say)
-		if rs.Quarantine {
+		if pr.Quarantine {
+			// In the same update as the plan's record on the machine, which marks this bump done:
+			// it happens once.
 			gen, _ := strconv.Atoi(vm.Annotations[annotationLogGeneration])
 			vm.Annotations[annotationLogGeneration] = strconv.Itoa(gen + 1)
 		}
-		// Update, not patch: a stale cache must fail with a conflict rather than reset twice.
+		// Update, not patch: a machine read from a stale cache fails with a conflict, and the
+		// next pass continues the plan from what the machine really carries.
 		if err := r.Update(ctx, vm); err != nil {
 			return err
 		}
 	}
-	r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "Reset", "Reset", "%s", o.plan.Message)
+	o.retired, o.resetPlan = rp, nil
+	return nil
+}
+
+// recordPlan writes the plan into the fleet's status before any machine is touched. The patch
+// carries the fleet's resourceVersion: a pass that read a stale fleet (one that does not show
+// a plan recorded, or retired, meanwhile) fails with a conflict instead of recording a second
+// plan for the same escalation.
+func (r *VendingFleetReconciler) recordPlan(ctx context.Context, f *vendingv1alpha1.VendingFleet, rp *fleet.ResetPlan) error {
+	base := f.DeepCopy()
+	f.Status.ResetPlan = apiResetPlan(rp)
+	if err := r.Status().Patch(ctx, f, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return err
+	}
+	logf.FromContext(ctx).Info("Recorded reset plan", "token", rp.Token, "machines", len(rp.Machines))
 	return nil
 }
 
@@ -341,8 +384,12 @@ func (r *VendingFleetReconciler) ensureDisruptionBudget(ctx context.Context, f *
 	return err
 }
 
-// announceFleet emits the fleet's Escalated event on the transition only.
+// announceFleet emits the fleet's events once the status that records them is written: Reset
+// when a plan completed, Escalated on the transition only.
 func (r *VendingFleetReconciler) announceFleet(before, f *vendingv1alpha1.VendingFleet, o *fleetObservation) {
+	if o.retired != nil {
+		r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "Reset", "Reset", "%s", o.retired.Message)
+	}
 	if o.plan.Escalated && !meta.IsStatusConditionTrue(before.Status.Conditions, vendingv1alpha1.ConditionEscalated) {
 		escalationsTotal.Inc()
 		r.Recorder.Eventf(f, nil, corev1.EventTypeWarning, "Escalated", "Escalate", "%s", o.plan.Message)
@@ -454,11 +501,11 @@ func machineEscalated(vm *vendingv1alpha1.VendingMachine) bool {
 func fleetMachines(ms map[int]*vendingv1alpha1.VendingMachine) []fleet.Machine {
 	out := make([]fleet.Machine, 0, len(ms))
 	for n, vm := range ms {
-		m := fleet.Machine{Index: n, Name: vm.Name, Escalated: machineEscalated(vm)}
+		m := fleet.Machine{Index: n, Name: vm.Name, Escalated: machineEscalated(vm), ObservedReset: vm.Status.ObservedReset}
 		m.Evidence.Claim = pvcName(vm)
 		m.Held = vm.Annotations[annotationCorruptLogHeld]
 		if lf := vm.Status.LastFailure; lf != nil {
-			m.Reason = lf.Reason
+			m.Reason, m.FailedAt = lf.Reason, lf.Time.Time
 			m.Evidence.Pod, m.Evidence.File, m.Evidence.Offset, m.Evidence.Sequence = lf.PodName, lf.File, lf.Offset, lf.Sequence
 		}
 		_ = json.Unmarshal([]byte(vm.Annotations[annotationFleetEscalations]), &m.History)

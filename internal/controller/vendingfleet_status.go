@@ -47,9 +47,11 @@ func computeFleetStatus(f *vendingv1alpha1.VendingFleet, o *fleetObservation) ve
 	slices.Sort(degraded)
 	st.Ready = fmt.Sprintf("%d/%d", st.ReadyMachines, replicas)
 	for _, e := range o.plan.History {
-		st.Escalations = append(st.Escalations, vendingv1alpha1.Escalation{Machine: e.Machine, Time: metav1.NewTime(e.Time), Reason: e.Reason})
+		st.Escalations = append(st.Escalations, apiEscalation(e))
 	}
 	st.EscalationCount = int32(len(st.Escalations))
+	// Not observed but remembered: the plan stays until a pass has written all its machines.
+	st.ResetPlan = apiResetPlan(o.resetPlan)
 	policy := fleetPolicy(f)
 	maxRestarts := int(ptr.Deref(f.Spec.Template.Spec.Supervision.MaxRestarts, 10))
 	st.RestartBudget = int32(fleet.RestartBudget(maxRestarts, policy.MaxEscalations))
@@ -149,4 +151,59 @@ func list(names []string) string {
 		return strings.Join(names[:10], ", ") + fmt.Sprintf(" and %d more", len(names)-10)
 	}
 	return strings.Join(names, ", ")
+}
+
+// fleetMemory is what the fleet's status remembers, for fleet.Decide: the escalations it
+// handled and the reset plan in progress.
+func fleetMemory(f *vendingv1alpha1.VendingFleet) fleet.Memory {
+	mem := fleet.Memory{}
+	for _, e := range f.Status.Escalations {
+		mem.History = append(mem.History, fleetEscalation(e))
+	}
+	if p := f.Status.ResetPlan; p != nil {
+		rp := &fleet.ResetPlan{Token: p.Token, Strategy: fleet.Strategy(p.Strategy), Created: p.CreatedAt.Time, Message: p.Message}
+		for _, e := range p.Escalations {
+			rp.Escalations = append(rp.Escalations, fleetEscalation(e))
+		}
+		for _, m := range p.Machines {
+			rp.Machines = append(rp.Machines, fleet.PlannedReset{Name: m.Name, Quarantine: m.Quarantine})
+		}
+		mem.Plan = rp
+	}
+	return mem
+}
+
+func apiResetPlan(rp *fleet.ResetPlan) *vendingv1alpha1.ResetPlan {
+	if rp == nil {
+		return nil
+	}
+	p := &vendingv1alpha1.ResetPlan{Token: rp.Token, Strategy: vendingv1alpha1.FleetStrategy(rp.Strategy),
+		CreatedAt: metav1.NewTime(rp.Created), Message: rp.Message,
+		Escalations: make([]vendingv1alpha1.Escalation, 0, len(rp.Escalations)),
+		Machines:    make([]vendingv1alpha1.PlannedReset, 0, len(rp.Machines))}
+	for _, e := range rp.Escalations {
+		p.Escalations = append(p.Escalations, apiEscalation(e))
+	}
+	for _, m := range rp.Machines {
+		p.Machines = append(p.Machines, vendingv1alpha1.PlannedReset{Name: m.Name, Quarantine: m.Quarantine})
+	}
+	return p
+}
+
+func apiEscalation(e fleet.Escalation) vendingv1alpha1.Escalation {
+	out := vendingv1alpha1.Escalation{Machine: e.Machine, Time: metav1.NewTime(e.Time), Reason: e.Reason, Pod: e.Pod,
+		ObservedReset: e.ObservedReset, Plan: e.Plan}
+	if !e.FailedAt.IsZero() {
+		out.FailedAt = ptr.To(metav1.NewTime(e.FailedAt))
+	}
+	return out
+}
+
+func fleetEscalation(e vendingv1alpha1.Escalation) fleet.Escalation {
+	out := fleet.Escalation{Machine: e.Machine, Time: e.Time.Time, Reason: e.Reason, Pod: e.Pod,
+		ObservedReset: e.ObservedReset, Plan: e.Plan}
+	if e.FailedAt != nil {
+		out.FailedAt = e.FailedAt.Time
+	}
+	return out
 }

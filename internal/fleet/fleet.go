@@ -8,6 +8,7 @@ package fleet
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -65,9 +66,33 @@ type Evidence struct {
 
 // Escalation is one machine escalation the fleet handled.
 type Escalation struct {
-	Machine string    `json:"machine"`
-	Time    time.Time `json:"time"`
-	Reason  string    `json:"reason,omitempty"`
+	Machine string `json:"machine"`
+	// Time the fleet decided to answer it (the plan's time).
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason,omitempty"`
+	// Pod that failed last before the machine escalated, and when it failed: for humans.
+	Pod      string    `json:"pod,omitempty"`
+	FailedAt time.Time `json:"failedAt,omitzero"`
+	// ObservedReset is the machine's reset value when it escalated. A machine stays escalated
+	// until that value changes, so (Machine, ObservedReset) names one escalation.
+	ObservedReset string `json:"observedReset,omitempty"`
+	// Plan is the token of the reset plan that answers it; empty on records written before
+	// plans existed.
+	Plan string `json:"plan,omitempty"`
+}
+
+// Key identifies an escalation across its copies (the fleet's status, each machine it reset,
+// the plan): a planned one by machine and reset value, an older record by machine and time to
+// the second (the precision status stores).
+func (e Escalation) Key() string {
+	if e.Plan != "" {
+		return escalationKey(e.Machine, e.ObservedReset)
+	}
+	return e.Machine + "\x00at=" + strconv.FormatInt(e.Time.Unix(), 10)
+}
+
+func escalationKey(machine, observedReset string) string {
+	return machine + "\x00reset=" + observedReset
 }
 
 // Machine is what the fleet observed of one of its machines.
@@ -76,8 +101,11 @@ type Machine struct {
 	Name  string
 	// Escalated: the machine gave up on its failure and no reset of it is pending.
 	Escalated bool
-	// Reason of its last failure.
-	Reason string
+	// ObservedReset is the reset value its status reflects.
+	ObservedReset string
+	// Reason of its last failure, and when it failed.
+	Reason   string
+	FailedAt time.Time
 	// History is the escalations recorded on the machine (by earlier resets).
 	History []Escalation
 	// Evidence of its last failure.
@@ -107,14 +135,15 @@ type Reset struct {
 	// Quarantine: its log is corrupt and the policy is CorruptLogStartNewLog; set the claim
 	// aside (never delete it) and start the machine on a new log.
 	Quarantine bool
-	// History to record on the machine: its escalations inside the window plus this one.
-	History []Escalation
 }
 
 // Plan is what the fleet does this pass.
 type Plan struct {
 	// Resets, in index order; empty when nothing escalated or the fleet escalated.
 	Resets []Reset
+	// Record is the reset plan that carries out Resets: recorded in the fleet's status before
+	// any machine is touched. Nil when Resets is empty.
+	Record *ResetPlan
 	// History is the escalations inside the window after this pass, oldest first.
 	History []Escalation
 	// Escalated: handling the machines' escalations would exceed the fleet's intensity. The
@@ -127,9 +156,14 @@ type Plan struct {
 	Held []Hold
 }
 
-// Decide is the fleet's supervisor: given its policy, its machines and the time, which
-// machines to reset. Escalations observed together are judged together: if handling all of
-// them would exceed the intensity, none is handled.
+// Decide is the fleet's supervisor: given its policy, its machines, its own memory and the
+// time, which machines to reset. Escalations observed together are judged together: if
+// handling all of them would exceed the intensity, none is handled.
+//
+// An escalation is answered once: one that a reset plan answers or answered (mem, or the
+// records on the machines) is neither counted again nor planned again, whatever a stale view
+// of the machine says. While a plan is in progress (mem.Plan) no other plan is made: it
+// completes first, and new escalations wait for the next pass after it.
 //
 // A machine with a corrupt log is only reset (onto a new log, its claim quarantined) when the
 // policy opts in with CorruptLogStartNewLog. Otherwise it is held for humans: left out of the
@@ -137,14 +171,15 @@ type Plan struct {
 // and under AllForOne or RestForOne it resets no other machine (a reset of the others would
 // not bring it back and would only interrupt their customers). The other machines' escalations
 // are handled as usual; a held machine is never among the machines reset for them.
-func Decide(p Policy, machines []Machine, now time.Time) Plan {
-	history := Recent(machines, p.Window, now)
+func Decide(p Policy, machines []Machine, mem Memory, now time.Time) Plan {
+	history := Recent(machines, mem, p.Window, now)
 	plan := Plan{History: history}
 	held := map[int]bool{}
 	var escalated []Machine
 	for _, m := range machines {
 		switch {
 		case !m.Escalated:
+		case Answered(m, history, mem.Plan):
 		case m.Reason == ReasonCorruptLog && p.CorruptLog != CorruptLogStartNewLog:
 			held[m.Index] = true
 			plan.Held = append(plan.Held, Hold{Index: m.Index, Name: m.Name, Evidence: m.Evidence,
@@ -154,10 +189,17 @@ func Decide(p Policy, machines []Machine, now time.Time) Plan {
 		}
 	}
 	slices.SortFunc(plan.Held, func(a, b Hold) int { return a.Index - b.Index })
+	slices.SortFunc(escalated, func(a, b Machine) int { return a.Index - b.Index })
+	if mem.Plan != nil {
+		plan.Message = progress(mem.Plan, machines)
+		if len(escalated) > 0 {
+			plan.Message += "; " + describe(escalated) + " escalated meanwhile, judged once it completes"
+		}
+		return plan
+	}
 	if len(escalated) == 0 {
 		return plan
 	}
-	slices.SortFunc(escalated, func(a, b Machine) int { return a.Index - b.Index })
 	if len(history)+len(escalated) > p.MaxEscalations {
 		plan.Escalated = true
 		plan.Message = fmt.Sprintf(
@@ -167,10 +209,12 @@ func Decide(p Policy, machines []Machine, now time.Time) Plan {
 		return plan
 	}
 
+	token := Token(escalated, now)
 	var added []Escalation
 	corrupt := map[int]bool{}
 	for _, m := range escalated {
-		added = append(added, Escalation{Machine: m.Name, Time: now, Reason: m.Reason})
+		added = append(added, Escalation{Machine: m.Name, Time: now, Reason: m.Reason, Pod: m.Evidence.Pod,
+			FailedAt: m.FailedAt, ObservedReset: m.ObservedReset, Plan: token})
 		corrupt[m.Index] = m.Reason == ReasonCorruptLog
 	}
 	plan.History = append(slices.Clone(history), added...)
@@ -183,30 +227,24 @@ func Decide(p Policy, machines []Machine, now time.Time) Plan {
 		if held[m.Index] {
 			continue
 		}
-		plan.Resets = append(plan.Resets, Reset{
-			Index:      m.Index,
-			Name:       m.Name,
-			Quarantine: corrupt[m.Index],
-			History:    append(inWindow(m.History, p.Window, now), added...),
-		})
+		plan.Resets = append(plan.Resets, Reset{Index: m.Index, Name: m.Name, Quarantine: corrupt[m.Index]})
 	}
+	plan.Record = newResetPlan(p.Strategy, plan, added, token, now)
 	return plan
 }
 
-// Recent is the fleet's escalations inside the window, from the records on its machines
-// (an AllForOne reset writes the same record on every machine: it is counted once).
-func Recent(machines []Machine, window time.Duration, now time.Time) []Escalation {
-	seen := map[string]bool{}
-	var out []Escalation
-	for _, m := range machines {
-		for _, e := range inWindow(m.History, window, now) {
-			key := e.Machine + "@" + e.Time.UTC().Format(time.RFC3339Nano)
-			if !seen[key] {
-				seen[key] = true
-				out = append(out, e)
-			}
-		}
+// Recent is the fleet's escalations inside the window, oldest first: those its status
+// remembers, those of the plan in progress, and the records on its machines (an AllForOne
+// reset writes the same record on every machine: each escalation is counted once).
+func Recent(machines []Machine, mem Memory, window time.Duration, now time.Time) []Escalation {
+	all := slices.Clone(mem.History)
+	if mem.Plan != nil {
+		all = append(all, mem.Plan.Escalations...)
 	}
+	for _, m := range machines {
+		all = append(all, m.History...)
+	}
+	out := union(inWindow(all, window, now))
 	slices.SortStableFunc(out, func(a, b Escalation) int { return a.Time.Compare(b.Time) })
 	return out
 }

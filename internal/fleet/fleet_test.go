@@ -138,7 +138,7 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := Decide(tt.policy, tt.machines, t0)
+			p := Decide(tt.policy, tt.machines, Memory{}, t0)
 			if got := resetNames(p); !slices.Equal(got, tt.wantResets) {
 				t.Errorf("resets = %v, want %v", got, tt.wantResets)
 			}
@@ -162,9 +162,13 @@ func TestDecide(t *testing.T) {
 			if len(p.Held) > 0 && len(p.Resets) > 0 && !strings.Contains(p.Message, "held for humans") {
 				t.Errorf("message %q should say which machines the resets leave alone", p.Message)
 			}
+			if (p.Record != nil) != (len(p.Resets) > 0) {
+				t.Fatalf("record %+v for resets %v: a reset is always carried out by a recorded plan", p.Record, resetNames(p))
+			}
 			for _, r := range p.Resets {
-				if len(r.History) == 0 || !r.History[len(r.History)-1].Time.Equal(t0) {
-					t.Errorf("reset %s records %v: want this escalation last", r.Name, r.History)
+				h := MachineHistory(tt.machines[r.Index].History, p.Record, tt.policy.Window, t0)
+				if len(h) == 0 || !h[len(h)-1].Time.Equal(t0) || h[len(h)-1].Plan != p.Record.Token {
+					t.Errorf("reset %s records %v: want this escalation last, answered by plan %s", r.Name, h, p.Record.Token)
 				}
 			}
 		})
@@ -192,7 +196,7 @@ func TestDecideQuarantinesOnlyWithTheOptIn(t *testing.T) {
 							esc[i] = []string{ReasonCorruptLog, "Panic"}[i%2]
 						}
 					}
-					p := Decide(Policy{Strategy: s, MaxEscalations: max, Window: time.Minute, CorruptLog: c}, machines(4, esc), t0)
+					p := Decide(Policy{Strategy: s, MaxEscalations: max, Window: time.Minute, CorruptLog: c}, machines(4, esc), Memory{}, t0)
 					for _, r := range p.Resets {
 						if (r.Quarantine || esc[r.Index] == ReasonCorruptLog) && c != CorruptLogStartNewLog {
 							t.Errorf("%s/%q/max %d/%v: reset %+v of a corrupt machine without the opt-in", s, c, max, esc, r)
@@ -211,15 +215,15 @@ func TestDecideAnnouncesEachOccurrenceOnce(t *testing.T) {
 	ms := machines(2, map[int]string{1: ReasonCorruptLog})
 	ms[1].Evidence = Evidence{Claim: "f-1-log", Pod: "f-1-3"}
 	policy := Policy{Strategy: OneForOne, MaxEscalations: 3, Window: time.Minute}
-	if p := Decide(policy, ms, t0); len(p.Held) != 1 || !p.Held[0].Announce {
+	if p := Decide(policy, ms, Memory{}, t0); len(p.Held) != 1 || !p.Held[0].Announce {
 		t.Fatalf("held %+v: a new occurrence must be announced", p.Held)
 	}
 	ms[1].Held = "f-1-3" // recorded on the machine by the pass that announced it
-	if p := Decide(policy, ms, t0); len(p.Held) != 1 || p.Held[0].Announce {
+	if p := Decide(policy, ms, Memory{}, t0); len(p.Held) != 1 || p.Held[0].Announce {
 		t.Fatalf("held %+v: an occurrence already recorded must not be announced again", p.Held)
 	}
 	ms[1].Evidence.Pod = "f-1-4" // reset by a human, failed again: a new occurrence
-	if p := Decide(policy, ms, t0); len(p.Held) != 1 || !p.Held[0].Announce {
+	if p := Decide(policy, ms, Memory{}, t0); len(p.Held) != 1 || !p.Held[0].Announce {
 		t.Fatalf("held %+v: the next failed pod is a new occurrence", p.Held)
 	}
 }
@@ -245,7 +249,7 @@ func TestHoldMessageSaysWhatWhereAndWhatNext(t *testing.T) {
 
 func TestDecideEscalationMessageNamesMachinesAndReasons(t *testing.T) {
 	p := Decide(Policy{Strategy: OneForOne, MaxEscalations: 0, Window: time.Minute, CorruptLog: CorruptLogStartNewLog},
-		machines(2, map[int]string{1: ReasonCorruptLog}), t0)
+		machines(2, map[int]string{1: ReasonCorruptLog}), Memory{}, t0)
 	if !p.Escalated || !strings.Contains(p.Message, "f-1 (CorruptLog)") {
 		t.Fatalf("message %q should name f-1 and its reason", p.Message)
 	}
