@@ -76,7 +76,7 @@ test-e2e: manifests kustomize ## End-to-end suite: against KUBECONFIG's cluster,
 	  "$(KUBECTL)" -n vending-operator-system rollout restart deploy/vending-operator-controller-manager && \
 	  "$(KUBECTL)" -n vending-operator-system rollout status deploy/vending-operator-controller-manager --timeout=180s && \
 	  export E2E_NODE_STOP="$(CURDIR)/hack/local-cluster.sh node-stop" E2E_NODE_START="$(CURDIR)/hack/local-cluster.sh node-start" \
-	    E2E_APISERVER_STOP="$(CURDIR)/hack/local-cluster.sh apiserver-stop" E2E_APISERVER_START="$(CURDIR)/hack/local-cluster.sh apiserver-start"; \
+	    E2E_APISERVER_STOP="$(CURDIR)/hack/local-cluster.sh apiserver-kill" E2E_APISERVER_START="$(CURDIR)/hack/local-cluster.sh apiserver-start"; \
 	fi; \
 	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/
 

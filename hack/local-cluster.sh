@@ -7,11 +7,13 @@
 # Every byte stays on this machine: pods live in network namespaces on the bridge vending0,
 # pod and service ranges are never routed off it, and forwarding out of the pod range is dropped.
 #
-# Usage: hack/local-cluster.sh up|down|status|images|node-stop|node-start|apiserver-stop|apiserver-start
+# Usage: hack/local-cluster.sh up|down|status|images|node-stop|node-start|apiserver-stop|apiserver-kill|apiserver-start
 #   up    idempotent; prints the kubeconfig and what it started. Logs in $STATE/logs.
 #   down  stops every process it started (by pid), unmounts, removes the bridge and the rules.
 # Stopping the kubelet (kill its pid) is a node loss; `up` again starts it: a node return.
-# apiserver-stop / apiserver-start: an API server outage (SIGTERM, then the same API server again).
+# apiserver-stop / apiserver-kill / apiserver-start: an API server outage: a graceful stop (SIGTERM:
+# it withdraws its endpoint from the kubernetes Service) or a crash (SIGKILL: the endpoint stays), then
+# the same API server again.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -314,8 +316,22 @@ status() {
   done
 }
 
-# apiserver-stop / apiserver-start: the API server goes away (an outage of the control plane) and
-# comes back on the same etcd, certificates and address; start returns once /readyz answers.
+# apiserver-stop / apiserver-kill / apiserver-start: the API server goes away (an outage of the
+# control plane) and comes back on the same etcd, certificates and address; start returns once
+# /readyz answers. A graceful stop withdraws the API server from the kubernetes Service's endpoints,
+# so pods reach it again only when kube-proxy has seen it come back (its watch backs off up to 30 s
+# after an outage); a crash (kill) leaves the endpoint, as a lost control-plane node would.
+apiserver_kill() {
+  local pid
+  if running kube-apiserver; then
+    pid=$(cat "$(pidfile kube-apiserver)")
+    kill -9 "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    log "killed kube-apiserver"
+  fi
+  rm -f "$(pidfile kube-apiserver)"
+}
+
 apiserver_start() {
   start kube-apiserver "$bin/kube-apiserver" --etcd-servers http://127.0.0.1:23790 \
     --bind-address "$BRIDGE_IP" --advertise-address "$BRIDGE_IP" --secure-port 6443 \
@@ -341,9 +357,10 @@ case "${1:-}" in
   node-stop) stop kubelet ;;
   node-start) node_start ;;
   apiserver-stop) stop kube-apiserver ;;
+  apiserver-kill) apiserver_kill ;;
   apiserver-start) apiserver_start ;;
   down) down ;;
   status) status ;;
   images) images ;;
-  *) echo "usage: $0 up|down|status|images|node-stop|node-start|apiserver-stop|apiserver-start" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|images|node-stop|node-start|apiserver-stop|apiserver-kill|apiserver-start" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -20,7 +21,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 )
 
@@ -213,12 +213,8 @@ func (l *loop) serve(ctx context.Context, cancel context.CancelCauseFunc, wg *sy
 			return fmt.Errorf("managerloop: health probes: %w", err)
 		}
 		mux := http.NewServeMux()
-		live := &healthz.Handler{Checks: map[string]healthz.Checker{"loop": healthz.Ping}}
-		ready := &healthz.Handler{Checks: map[string]healthz.Checker{"manager": func(*http.Request) error { return l.ready() }}}
-		mux.Handle("/healthz", http.StripPrefix("/healthz", live))
-		mux.Handle("/healthz/", http.StripPrefix("/healthz", live))
-		mux.Handle("/readyz", http.StripPrefix("/readyz", ready))
-		mux.Handle("/readyz/", http.StripPrefix("/readyz", ready))
+		mux.Handle("/healthz", probeHandler(func() error { return nil })) // the loop is alive: it serves this
+		mux.Handle("/readyz", probeHandler(l.ready))
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -246,6 +242,18 @@ func (l *loop) serve(ctx context.Context, cancel context.CancelCauseFunc, wg *sy
 		})
 	}
 	return nil
+}
+
+// probeHandler answers 200 ok, or 503 with check's error. Unlike controller-runtime's healthz
+// handler it does not log each failed probe: a readiness that fails for a whole outage is expected.
+func probeHandler(check func() error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if err := check(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
 }
 
 // ready answers /readyz: a manager runs (campaigning or leading).

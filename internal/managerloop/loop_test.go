@@ -254,7 +254,7 @@ func TestRidesOutAnAPIServerOutage(t *testing.T) {
 	h.waitFor(t, Draining, 1) // the lease is lost: the manager's Start returned
 	h.waitFor(t, WaitingForAPIServer, 1)
 	g.Expect(h.probe("/healthz")).To(Equal(http.StatusOK), "the kubelet must not restart a loop that waits")
-	g.Expect(h.probe("/readyz")).To(Equal(http.StatusInternalServerError), "no manager runs")
+	g.Expect(h.probe("/readyz")).To(Equal(http.StatusServiceUnavailable), "no manager runs")
 
 	startAPIServer(t)
 	h.waitFor(t, Leading, 2)
@@ -289,7 +289,7 @@ func TestStartsWhileTheAPIServerIsAway(t *testing.T) {
 	e := h.waitFor(t, WaitingForAPIServer, 0)
 	g.Expect(e.Err).To(HaveOccurred(), "the event says why it waits")
 	g.Expect(h.probe("/healthz")).To(Equal(http.StatusOK))
-	g.Expect(h.probe("/readyz")).To(Equal(http.StatusInternalServerError))
+	g.Expect(h.probe("/readyz")).To(Equal(http.StatusServiceUnavailable))
 
 	startAPIServer(t)
 	h.waitFor(t, Leading, 1)
