@@ -359,3 +359,26 @@ func TestRedTeamLostResponseStillAnnounces(t *testing.T) {
 	rg.ok()
 	rg.g.Expect(rg.count("Escalated")).To(Equal(1), "the escalation is announced once: %v", rg.announced)
 }
+
+// TestRedTeamRecoveredAnnouncedOnce: the pass that sees the restarted pod ready announces
+// Recovered and then writes the status (the Ready condition) that says so; when that write meets
+// a conflict, the next pass reads Ready=False again and announces Recovered a second time.
+func TestRedTeamRecoveredAnnouncedOnce(t *testing.T) {
+	redteamDefect(t, "Recovered is announced before the status write that records it: a conflict on that write announces it again")
+	rg := newRig(t, nil)
+	rg.ok()
+	kubeletRun(rg.g, rg.pod(0))
+	rg.ok()
+	kubeletFail(rg.g, rg.pod(0), 137, "")
+	rg.ok() // restarts as coffee-1
+	rg.ok() // sees coffee-1, not ready yet
+	kubeletRun(rg.g, rg.pod(1))
+	rg.conflictStatus = 1 // the write of Ready=True meets a conflict
+	res, err := rg.pass()
+	rg.g.Expect(err).NotTo(HaveOccurred())
+	rg.g.Expect(res.RequeueAfter).To(Equal(conflictRetry))
+	rg.ok()
+	rg.ok()
+	rg.g.Expect(condition(rg.machine(), vendingv1alpha1.ConditionReady).Status).To(Equal(metav1.ConditionTrue))
+	rg.g.Expect(rg.count("Recovered")).To(Equal(1), "the recovery is announced once: %v", rg.announced)
+}
