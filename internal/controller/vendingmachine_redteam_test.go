@@ -387,3 +387,30 @@ func TestRedTeamRecoveredAnnouncedOnce(t *testing.T) {
 	rg.g.Expect(condition(rg.machine(), vendingv1alpha1.ConditionReady).Status).To(Equal(metav1.ConditionTrue))
 	rg.g.Expect(rg.count("Recovered")).To(Equal(1), "the recovery is announced once: %v", rg.announced)
 }
+
+// TestRedTeamRecreatedMachineWaitsForItsPredecessorsPod: a machine deleted and created again
+// with the same name resumes its retained log (docs/design.md). The old machine's pod (owned by
+// the old object, found by the garbage collector only after the old owner is gone, and then
+// given its grace period) may still run on that claim when the new machine starts. The
+// supervisor looks only at the pods the new object controls, and starts coffee-0 beside it: two
+// pods on one log.
+func TestRedTeamRecreatedMachineWaitsForItsPredecessorsPod(t *testing.T) {
+	redteamDefect(t, "a machine created again with its old name starts a pod while its predecessor's pod may still run on the same claim")
+	ctx := context.Background()
+	rg := newRig(t, nil)
+	vm := rg.machine()
+	old := vm.DeepCopy()
+	old.UID = "uid-of-the-deleted-machine"
+	pred := buildPod(old, DefaultVendingImage, "coffee-5", vendingv1alpha1.PodRestarted)
+	rg.g.Expect(k8sClient.Create(ctx, pred)).To(Succeed())
+	kubeletRun(rg.g, rg.podNamed("coffee-5"))
+	rg.g.Expect(claimOf(vm, rg.podNamed("coffee-5"))).To(Equal(pvcName(vm)), "the predecessor's pod mounts the same claim")
+	_, _ = rg.pass()
+	rg.g.Expect(rg.created).To(BeEmpty(), "a pod was started while another may run on claim %s", pvcName(vm))
+}
+
+func (rg *rig) podNamed(name string) *corev1.Pod {
+	p := &corev1.Pod{}
+	rg.g.ExpectWithOffset(1, k8sClient.Get(context.Background(), client.ObjectKey{Namespace: rg.ns, Name: name}, p)).To(Succeed())
+	return p
+}
