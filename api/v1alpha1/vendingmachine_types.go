@@ -374,6 +374,12 @@ type VendingMachineStatus struct {
 	// +optional
 	PodUID types.UID `json:"podUID,omitempty"`
 
+	// podRequested is true once podName has been asked of the API server. A pod missing
+	// after that, never seen, may have been created and deleted unseen: the supervisor moves on
+	// to the next name rather than use one name for two pods.
+	// +optional
+	PodRequested bool `json:"podRequested,omitempty"`
+
 	// podCause says why podName exists.
 	// +optional
 	PodCause PodCause `json:"podCause,omitempty"`

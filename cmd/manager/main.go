@@ -110,6 +110,7 @@ func main() {
 				Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
 				VendingImage: vendingImage,
 				StateReader:  controller.NewHTTPStateReader(),
+				APIReader:    mgr.GetAPIReader(),
 			}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
 				return fmt.Errorf("controller VendingMachine: %w", err)
 			}

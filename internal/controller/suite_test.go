@@ -124,6 +124,7 @@ func startManager() (stop func(), err error) {
 		VendingImage: DefaultVendingImage,
 		StateReader:  podAPI,
 		Clock:        testClock,
+		APIReader:    mgr.GetAPIReader(),
 	}).SetupWithManager(mgr, Options{
 		MaxConcurrentReconciles: 4,
 		SkipNameValidation:      ptr.To(true), // a restarted operator registers the same name again

@@ -52,6 +52,9 @@ type VendingMachineReconciler struct {
 	Clock clock.PassiveClock
 	// StateReader reads what a ready pod reports; nil: not read.
 	StateReader StateReader
+	// APIReader reads from the API server, not the cache (the manager's GetAPIReader): a step
+	// that creates a pod is decided on what it reads. Nil: the Client.
+	APIReader client.Reader
 }
 
 // +kubebuilder:rbac:groups=vending.resilience.dev,resources=vendingmachines,verbs=get;list;watch
@@ -93,6 +96,16 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 			return ctrl.Result{}, err
 		}
 		step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
+		if step.Create {
+			// Creating a pod is the one step that could put two pods on the claim (a cache that
+			// has not seen a pod yet, or a machine read before its last write): decide it again
+			// on live reads. Pods are created rarely, so this costs two reads now and then.
+			if err := r.observeLive(ctx, vm, &o); err != nil {
+				return ctrl.Result{}, client.IgnoreNotFound(err)
+			}
+			before = vm.DeepCopy()
+			step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
+		}
 	}
 	vm.Status = computeStatus(vm, step, o, now)
 
@@ -189,6 +202,28 @@ func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alp
 	}
 	o.escalatedTo = escalationTarget(vm)
 	return o, nil
+}
+
+// observeLive reads the machine and its pods again from the API server (quorum reads).
+func (r *VendingMachineReconciler) observeLive(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation) error {
+	reader := r.APIReader
+	if reader == nil {
+		reader = r.Client
+	}
+	if err := reader.Get(ctx, client.ObjectKeyFromObject(vm), vm); err != nil {
+		return err
+	}
+	pods := &corev1.PodList{}
+	if err := reader.List(ctx, pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm))); err != nil {
+		return err
+	}
+	o.pods = o.pods[:0]
+	for _, p := range pods.Items {
+		if metav1.IsControlledBy(&p, vm) {
+			o.pods = append(o.pods, p)
+		}
+	}
+	return nil
 }
 
 // escalationTarget names who an escalation goes to: the owning VendingFleet (which decides

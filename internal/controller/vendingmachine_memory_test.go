@@ -209,8 +209,10 @@ func TestStaleReadCannotOverwriteMemory(t *testing.T) {
 			return cl.Create(ctx, obj, opts...)
 		},
 	})
+	// Even its "live" reads are stale: only the conditional write stands between it and the
+	// memory.
 	r := &VendingMachineReconciler{Client: staleClient, Scheme: scheme, Recorder: events.NewFakeRecorder(100), VendingImage: DefaultVendingImage,
-		Clock: testClock}
+		Clock: testClock, APIReader: staleClient}
 	res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(res.RequeueAfter).To(Equal(conflictRetry), "a stale pass ends on the conflict and comes back")
@@ -218,6 +220,53 @@ func TestStaleReadCannotOverwriteMemory(t *testing.T) {
 	now := getMachine(g, vm)
 	g.Expect(now.Status.PodName).To(Equal("coffee-2"))
 	g.Expect(now.Status.Recreations).To(Equal(latest.Status.Recreations))
+
+	// With live reads, the step that would have created a pod is decided again on the truth:
+	// nothing to do, nothing written.
+	r.APIReader = c
+	res, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.RequeueAfter).NotTo(Equal(conflictRetry))
+	g.Expect(created).To(BeEmpty(), "a pass whose caches lag creates nothing")
+	now = getMachine(g, vm)
+	g.Expect(now.Status.PodName).To(Equal("coffee-2"))
+	g.Expect(now.Status.Recreations).To(Equal(latest.Status.Recreations))
+}
+
+// A pod the cache has not seen yet is not created twice nor replaced: the step that would
+// create one is decided on live reads, which show it.
+func TestLaggingPodCacheCreatesNoSecondPod(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	vm := createMachine(t, ns, "coffee", nil)
+	kubeletRun(g, waitPod(g, vm, 0))
+	g.Eventually(func(g Gomega) { g.Expect(getMachine(g, vm).Status.PodUID).NotTo(BeEmpty()) }).Should(Succeed())
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	var created []string
+	blind := interceptor.NewClient(c, interceptor.Funcs{
+		List: func(ctx context.Context, cl client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if _, ok := list.(*corev1.PodList); ok {
+				return nil // a pod cache that has not seen the pod
+			}
+			return cl.List(ctx, list, opts...)
+		},
+		Create: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if p, ok := obj.(*corev1.Pod); ok {
+				created = append(created, p.Name)
+			}
+			return cl.Create(ctx, obj, opts...)
+		},
+	})
+	r := &VendingMachineReconciler{Client: blind, Scheme: scheme, Recorder: events.NewFakeRecorder(100), VendingImage: DefaultVendingImage,
+		Clock: testClock, APIReader: c}
+	_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(created).To(BeEmpty())
+	got := getMachine(g, vm)
+	g.Expect(got.Status.PodName).To(Equal("coffee-0"))
+	g.Expect(got.Status.Recreations).To(BeZero())
 }
 
 // poke changes an annotation of the machine, which wakes a full reconcile from scratch.

@@ -71,11 +71,13 @@ const (
 	ReasonRecreate         = "PodLost"
 )
 
-// RecentRestarts returns the restarts inside the window that ends at now, oldest first.
+// RecentRestarts returns the restarts inside the window that ends at now, oldest first. A
+// restart "in the future" is kept: it was recorded by a supervisor whose clock runs ahead of
+// this one (a previous leader on another node), and it did happen.
 func RecentRestarts(restarts []time.Time, window time.Duration, now time.Time) []time.Time {
 	var out []time.Time
 	for _, t := range restarts {
-		if now.Sub(t) < window && !t.After(now) {
+		if now.Sub(t) < window {
 			out = append(out, t)
 		}
 	}

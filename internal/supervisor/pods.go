@@ -85,18 +85,43 @@ var podStatusReasonsExternal = map[string]bool{
 	"Shutdown":     true, // older kubelets' graceful node shutdown
 }
 
-// disruption says why a pod was stopped from outside: its DisruptionTarget condition
-// (eviction API, preemption, taint manager, pod GC, the kubelet) or a kubelet's status reason.
+// ReasonPodDeleted is the reason of a failure that came from a deletion asked for from outside
+// (kubectl delete, a controller) while the pod ran: its container ended on the SIGTERM.
+const ReasonPodDeleted = "PodDeleted"
+
+// disruption says why a pod was stopped from outside: its DisruptionTarget condition (eviction
+// API, preemption, taint manager, pod GC, the kubelet), a kubelet's status reason, or a deletion
+// asked for before the container ended. Only what came before the container ended counts: a
+// drain that evicts a pod that had already failed by itself does not make its failure external.
 func disruption(pod *corev1.Pod) (reason string, ok bool) {
+	var ended *time.Time
+	if cs := vendingContainer(pod); cs != nil && cs.State.Terminated != nil && !cs.State.Terminated.FinishedAt.IsZero() {
+		ended = &cs.State.Terminated.FinishedAt.Time
+	}
+	before := func(t time.Time) bool { return ended == nil || !t.After(*ended) }
 	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue {
+		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue && before(c.LastTransitionTime.Time) {
 			return c.Reason, true
 		}
 	}
 	if podStatusReasonsExternal[pod.Status.Reason] {
 		return pod.Status.Reason, true
 	}
+	if d := pod.DeletionTimestamp; d != nil {
+		// deletionTimestamp is when the grace period ends; the deletion was asked for that long before.
+		asked := d.Time.Add(-time.Duration(ptrDeref(pod.DeletionGracePeriodSeconds)) * time.Second)
+		if before(asked) {
+			return ReasonPodDeleted, true
+		}
+	}
 	return "", false
+}
+
+func ptrDeref(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 // FailureOf reads a terminal pod's failure as the kubelet reported it: the vending pod's JSON

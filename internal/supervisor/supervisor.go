@@ -38,6 +38,7 @@ type Input struct {
 type Memory struct {
 	PodName       string
 	PodUID        types.UID
+	PodRequested  bool
 	PodCause      vendingv1alpha1.PodCause
 	Restarts      int32
 	Recreations   int32
@@ -50,7 +51,7 @@ type Memory struct {
 
 // MemoryOf reads the memory from a status.
 func MemoryOf(st *vendingv1alpha1.VendingMachineStatus) Memory {
-	m := Memory{PodName: st.PodName, PodUID: st.PodUID, PodCause: st.PodCause, Restarts: st.Restarts,
+	m := Memory{PodName: st.PodName, PodUID: st.PodUID, PodRequested: st.PodRequested, PodCause: st.PodCause, Restarts: st.Restarts,
 		Recreations: st.Recreations, Rolls: st.Rolls, Resets: st.Resets, ObservedReset: st.ObservedReset}
 	m.RestartTimes = append(m.RestartTimes, st.RestartTimes...)
 	if st.LastFailure != nil {
@@ -61,7 +62,7 @@ func MemoryOf(st *vendingv1alpha1.VendingMachineStatus) Memory {
 
 // WriteTo puts the memory into a status.
 func (m Memory) WriteTo(st *vendingv1alpha1.VendingMachineStatus) {
-	st.PodName, st.PodUID, st.PodCause = m.PodName, m.PodUID, m.PodCause
+	st.PodName, st.PodUID, st.PodRequested, st.PodCause = m.PodName, m.PodUID, m.PodRequested, m.PodCause
 	st.Restarts, st.Recreations, st.Rolls, st.Resets = m.Restarts, m.Recreations, m.Rolls, m.Resets
 	st.RestartTimes, st.LastFailure, st.ObservedReset = m.RestartTimes, m.LastFailure, m.ObservedReset
 }
@@ -134,18 +135,33 @@ type Step struct {
 
 // Next is the supervisor's choice for one pass. See the package comment for the contract.
 func Next(in Input) Step {
+	s := choose(in)
+	s.singleWriter(in.Pods)
+	if s.Create {
+		s.Memory.PodRequested = true // remembered before the pod is asked for
+	}
+	return *s
+}
+
+func choose(in Input) *Step {
 	vm, now := in.Machine, in.Now
 	policy := PolicyOf(vm)
 	mem := MemoryOf(&vm.Status)
 	mem.RestartTimes = recentTimes(mem.RestartTimes, policy.Window, now)
 	s := &Step{Memory: mem}
 
-	if mem.PodName == "" {
+	if mem.PodName == "" && len(in.Pods) == 0 {
 		// A new machine: it has nothing to reset, and its first pod is incarnation 0.
 		s.Memory.ObservedReset = vm.Annotations[AnnotationReset]
 		s.next(vm, 0, vendingv1alpha1.PodCreated, Creating)
 		s.Create = true
-		return *s
+		return s
+	}
+	if mem.PodName == "" {
+		// Pods without a memory: the status was lost (restored from a backup without it).
+		// Adopt the newest (below) rather than start another beside it; its reset is taken as
+		// carried out.
+		s.Memory.ObservedReset = vm.Annotations[AnnotationReset]
 	}
 
 	cur := incarnationOfName(vm, mem.PodName)
@@ -179,13 +195,17 @@ func Next(in Input) Step {
 
 	if reset := vm.Annotations[AnnotationReset]; reset != "" && reset != s.Memory.ObservedReset {
 		s.reset(vm, cur, reset, olderRunning)
-		return *s
+		return s
 	}
 
 	pod := s.Current
 	switch {
 	case pod == nil:
 		s.lost(vm, cur, olderRunning, now)
+	case s.Memory.Pending() != nil:
+		// The supervisor saw this pod fail (a pod never runs again after restartPolicy Never):
+		// a view of it running is a stale cache, and the decision in force stands.
+		s.failed(vm, cur, policy, olderRunning, now)
 	case Terminal(pod):
 		s.failed(vm, cur, policy, olderRunning, now)
 	case pod.DeletionTimestamp != nil:
@@ -195,12 +215,36 @@ func Next(in Input) Step {
 		s.next(vm, cur+1, vendingv1alpha1.PodRolled, Rolling)
 		s.Delete = append(s.Delete, Deletion{Pod: pod, Graceful: true})
 	}
-	return *s
+	return s
+}
+
+// singleWriter is the last word on a step: a new pod is created only when no other pod of the
+// machine may still run on the claim (the log has one writer), and only a terminal pod, or one
+// the supervisor saw fail, is deleted without its grace period.
+func (s *Step) singleWriter(pods []corev1.Pod) {
+	failed := ""
+	if d := s.Memory.LastFailure; d != nil && d.Action != "" {
+		failed = d.PodName // seen failed: a view of it running is stale
+	}
+	for i := range s.Delete {
+		if p := s.Delete[i].Pod; !Terminal(p) && p.Name != failed {
+			s.Delete[i].Graceful = true
+		}
+	}
+	if !s.Create {
+		return
+	}
+	for i := range pods {
+		if p := &pods[i]; p.Name != s.Memory.PodName && !Terminal(p) && p.Name != failed {
+			s.Create = false
+			return
+		}
+	}
 }
 
 // next moves the memory to incarnation n, for cause.
 func (s *Step) next(vm *vendingv1alpha1.VendingMachine, n int32, cause vendingv1alpha1.PodCause, p Progress) {
-	s.Memory.PodName, s.Memory.PodUID, s.Memory.PodCause = PodName(vm, n), "", cause
+	s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested, s.Memory.PodCause = PodName(vm, n), "", false, cause
 	s.Transition, s.Progress = cause, p
 }
 
@@ -220,8 +264,12 @@ func (s *Step) reset(vm *vendingv1alpha1.VendingMachine, cur int32, reset string
 
 // lost: the current incarnation has no pod. Either a decision is in force (its failed pod was
 // deleted: the decision still holds), or the pod was seen and is gone (lost from outside:
-// recreated at once, outside the window), or it was reserved and never seen (create it: by
-// name, so a stale cache gets AlreadyExists, never a second pod).
+// recreated at once, outside the window), or it was asked for and never seen: not created
+// (a create that failed) or created and deleted before the supervisor saw it. The two cannot be
+// told apart, and a name is never used for two pods, so the next name is taken, with the same
+// cause. (The reconciler decides every step that creates a pod again on live reads, so a pod
+// merely missing from a lagging cache is found there and nothing moves.) A name reserved and
+// not yet asked for (a roll or a reset waiting for the old pod to go) is asked for now.
 func (s *Step) lost(vm *vendingv1alpha1.VendingMachine, cur int32, olderRunning bool, now time.Time) {
 	if d := s.Memory.Pending(); d != nil {
 		if d.Action == vendingv1alpha1.ActionRestart {
@@ -229,13 +277,25 @@ func (s *Step) lost(vm *vendingv1alpha1.VendingMachine, cur int32, olderRunning 
 		}
 		return // Stop or Escalate holds, evidence or not
 	}
-	if s.Memory.PodUID != "" {
+	switch {
+	case olderRunning:
+		// An earlier incarnation may still run on the claim: wait for it to go first.
+		s.Progress = progressOf(s.Memory.PodCause)
+		if s.Memory.PodUID != "" {
+			s.Progress = Recreating
+		}
+		return
+	case s.Memory.PodUID != "":
 		s.Memory.Recreations++
 		s.next(vm, cur+1, vendingv1alpha1.PodRecreated, Recreating)
-	} else if s.Progress == Idle {
-		s.Progress = progressOf(s.Memory.PodCause)
+	case s.Memory.PodRequested:
+		cause := s.Memory.PodCause
+		s.next(vm, cur+1, cause, progressOf(cause))
+		s.Transition = "" // announced when it was reserved
+	default:
+		s.Progress = progressOf(s.Memory.PodCause) // reserved, never asked for: ask now
 	}
-	s.Create = !olderRunning
+	s.Create = true
 }
 
 // failed: the current pod ended. Decide once (the decision goes into the memory before it is

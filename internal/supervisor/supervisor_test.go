@@ -81,6 +81,11 @@ func disrupted(reason string) func(*corev1.Pod) {
 }
 
 func deleting(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} }
+
+// deletedAt: a deletion asked for at t with no grace period (the deletion timestamp is t).
+func deletedAt(t time.Time) func(*corev1.Pod) {
+	return func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t} }
+}
 func oldHash(p *corev1.Pod)  { p.Annotations[AnnotationTemplateHash] = "h0" }
 
 func decided(name string, action vendingv1alpha1.SupervisorAction, restartAt *time.Time, external bool) func(*vendingv1alpha1.VendingMachineStatus) {
@@ -134,6 +139,8 @@ type want struct {
 	observedRset string
 }
 
+// Every step that creates a pod remembers that it asked for it (checked for all cases).
+
 func TestNext(t *testing.T) {
 	in1s := t0.Add(time.Second)
 	tests := []struct {
@@ -147,9 +154,19 @@ func TestNext(t *testing.T) {
 		{name: "a new machine reserves incarnation 0 and creates it; its reset annotation is not a reset",
 			machine: withReset("r1"),
 			want:    want{podName: "m-0", cause: vendingv1alpha1.PodCreated, transition: vendingv1alpha1.PodCreated, create: true, progress: Creating, observedRset: "r1"}},
-		{name: "a reserved pod never seen is created by its name (a stale cache gets AlreadyExists)",
-			mem:  all(at(0, "m-3"), func(st *vendingv1alpha1.VendingMachineStatus) { st.PodCause = vendingv1alpha1.PodRestarted }),
-			want: want{podName: "m-3", cause: vendingv1alpha1.PodRestarted, create: true, progress: Restarting}},
+		{name: "a pod asked for, never seen and not there (on live reads) takes the next name: a name is never used for two pods",
+			mem: all(at(0, "m-3"), func(st *vendingv1alpha1.VendingMachineStatus) {
+				st.PodCause, st.PodRequested = vendingv1alpha1.PodRestarted, true
+			}),
+			want: want{podName: "m-4", cause: vendingv1alpha1.PodRestarted, create: true, progress: Restarting}},
+		{name: "a name reserved and not yet asked for (a roll waited for the old pod) is asked for now",
+			mem:  all(at(0, "m-3"), func(st *vendingv1alpha1.VendingMachineStatus) { st.PodCause = vendingv1alpha1.PodRolled }),
+			want: want{podName: "m-3", cause: vendingv1alpha1.PodRolled, create: true, progress: Rolling}},
+		{name: "no pod is created while another may run on the claim, whatever the memory says",
+			mem:  all(at(1, "m-3"), decided("m-3", vendingv1alpha1.ActionEscalate, nil, false)),
+			machine: withReset("r9"), pods: []corev1.Pod{pod("m-2")},
+			want: want{podName: "m-4", cause: vendingv1alpha1.PodReset, transition: vendingv1alpha1.PodReset, deletes: []string{"m-2~"},
+				progress: Resetting, resets: 1, observedRset: "r9"}},
 		{name: "a running pod: nothing to do but remember its UID",
 			mem: at(0, "m-0"), pods: []corev1.Pod{pod("m-0")},
 			want: want{podName: "m-0", podUID: "uid-m-0"}},
@@ -161,9 +178,9 @@ func TestNext(t *testing.T) {
 			pods: []corev1.Pod{pod("m-0", oldHash, deleting)},
 			want: want{podName: "m-1", create: false, progress: Rolling}},
 		{name: "a terminal older pod is deleted at once and does not hold the next one back",
-			mem:  at(0, "m-1"),
+			mem:  all(at(0, "m-1"), func(st *vendingv1alpha1.VendingMachineStatus) { st.PodCause = vendingv1alpha1.PodRestarted }),
 			pods: []corev1.Pod{pod("m-0", killedAt(t0))},
-			want: want{podName: "m-1", create: true, deletes: []string{"m-0"}, progress: Creating}},
+			want: want{podName: "m-1", create: true, deletes: []string{"m-0"}, progress: Restarting}},
 		{name: "a failure is decided once: Restart after the backoff",
 			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", killedAt(t0))}, now: t0,
 			want: want{podName: "m-0", decided: vendingv1alpha1.ActionRestart, pending: vendingv1alpha1.ActionRestart, progress: BackingOff, nextRestart: &in1s}},
@@ -214,7 +231,7 @@ func TestNext(t *testing.T) {
 			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", deleting)}, now: t0,
 			want: want{podName: "m-0", podUID: "uid-m-0", progress: Recreating}},
 		{name: "a failed pod being deleted is still decided about",
-			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", killedAt(t0), deleting)}, now: t0,
+			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", killedAt(t0), deletedAt(t0.Add(500*time.Millisecond)))}, now: t0,
 			want: want{podName: "m-0", decided: vendingv1alpha1.ActionRestart, pending: vendingv1alpha1.ActionRestart, progress: BackingOff, nextRestart: &in1s}},
 		{name: "a reset of an escalated machine: fresh window, the evidence deleted at once, the next incarnation created",
 			mem: all(at(1, "m-2"), decided("m-2", vendingv1alpha1.ActionEscalate, nil, false), restartTimes(t0.Add(-10*time.Second), t0.Add(-5*time.Second)),
@@ -309,4 +326,7 @@ func check(t *testing.T, s Step, w want) {
 		eq("podUID", m.PodUID, w.podUID)
 	}
 	eq("observedReset", m.ObservedReset, w.observedRset)
+	if s.Create && !m.PodRequested {
+		t.Errorf("a step that creates %s does not remember asking for it", m.PodName)
+	}
 }
