@@ -46,6 +46,10 @@ var (
 	// restartManager stops the operator and replaces it with a new one that has no memory of
 	// the old: what an operator restart (or a leader change) is.
 	restartManager func() error
+
+	// suspendManager stops the suite's operator until the test ends (a test that drives a
+	// reconciler by hand, with nobody else acting on its machine).
+	suspendManager func(t *testing.T)
 )
 
 func TestMain(m *testing.M) {
@@ -99,6 +103,14 @@ func runSuite(m *testing.M) int {
 		stop()
 		stop, err = startManager()
 		return err
+	}
+	suspendManager = func(t *testing.T) {
+		stop()
+		t.Cleanup(func() {
+			if stop, err = startManager(); err != nil {
+				t.Errorf("restarting the suite's operator: %v", err)
+			}
+		})
 	}
 	// envtest is a real API server: give Eventually the time a real one needs.
 	gomega.SetDefaultEventuallyTimeout(20 * time.Second)

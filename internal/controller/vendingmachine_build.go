@@ -16,6 +16,7 @@ import (
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
 // Pure builders: names derive from the machine, so a stale cache yields AlreadyExists, never a
@@ -154,6 +155,7 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vend
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: vm.Namespace, Labels: labels, Annotations: annotations,
+			Finalizers: []string{supervisor.Finalizer},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(vm)},
 		},
 		Spec: corev1.PodSpec{

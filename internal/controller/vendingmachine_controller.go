@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -74,12 +75,15 @@ type VendingMachineReconciler struct {
 // that is not the latest, and no deletion of a pod can take the memory with it.
 func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	vm := &vendingv1alpha1.VendingMachine{}
-	if err := r.Get(ctx, req.NamespacedName, vm); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+	if err := r.Get(ctx, req.NamespacedName, vm); apierrors.IsNotFound(err) {
+		// Gone: its pods go with the garbage collector (owner references), once their
+		// finalizers are off; a retained claim has no owner and stays.
+		return ctrl.Result{}, r.releaseAll(ctx, req.Namespace, req.Name)
+	} else if err != nil {
+		return ctrl.Result{}, err
 	}
 	if !vm.DeletionTimestamp.IsZero() {
-		// Children go with the garbage collector (owner references); a retained claim has none.
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.releaseAll(ctx, vm.Namespace, vm.Name)
 	}
 	now := r.clock().Now()
 	before := vm.DeepCopy()
@@ -95,7 +99,7 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		if err := r.ensure(ctx, buildService(vm)); err != nil {
 			return ctrl.Result{}, err
 		}
-		step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
+		step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, Others: o.others, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
 		if step.Create {
 			// Creating a pod is the one step that could put two pods on the claim (a cache that
 			// has not seen a pod yet, or a machine read before its last write): decide it again
@@ -104,12 +108,13 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 				return ctrl.Result{}, client.IgnoreNotFound(err)
 			}
 			before = vm.DeepCopy()
-			step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
+			step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, Others: o.others, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
 		}
 	}
 	vm.Status = computeStatus(vm, step, o, now)
 
-	acts := len(step.Delete) > 0 || step.Create
+	acts := len(step.Delete) > 0 || step.Create || len(step.Release) > 0
+	read := before.DeepCopy() // the machine as this pass read it, for the Ready transition
 	if !step.Memory.Equal(supervisor.MemoryOf(&before.Status)) {
 		if acts {
 			// observedGeneration advances only once the step is done (below).
@@ -121,6 +126,9 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 			return ctrl.Result{}, err
 		}
 		before = vm.DeepCopy()
+		// Announced on the memory write, which succeeds once per decision and transition: at
+		// most once. A write whose response is lost (committed, reported failed) loses its
+		// events, never its conditions: the status is the record, events are the news.
 		r.announce(ctx, vm, step, o, now)
 	}
 	var actErr error
@@ -135,8 +143,11 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		result.RequeueAfter = conflictRetry
 	} else if err != nil && actErr == nil {
 		actErr = err
+	} else if err == nil {
+		// Recovered once the status that says Ready reached the API server: a pass whose write
+		// failed announces nothing, and the next one, reading Ready, announces it then.
+		r.announceRecovery(read, vm, o)
 	}
-	r.announceRecovery(before, vm, o)
 	switch {
 	case result.RequeueAfter > 0:
 	case step.NextRestartAt != nil:
@@ -188,11 +199,7 @@ func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alp
 	if err := r.List(ctx, pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm))); err != nil {
 		return o, err
 	}
-	for _, p := range pods.Items {
-		if metav1.IsControlledBy(&p, vm) {
-			o.pods = append(o.pods, p)
-		}
-	}
+	o.pods, o.others = splitOwned(pods.Items, vm)
 	if cur := o.pod(vm.Status.PodName); cur != nil && r.StateReader != nil && supervisor.Ready(cur) && cur.DeletionTimestamp == nil {
 		if st, err := r.StateReader.ReadState(ctx, cur); err == nil {
 			o.state, o.stateOf = st, cur.Name
@@ -217,13 +224,20 @@ func (r *VendingMachineReconciler) observeLive(ctx context.Context, vm *vendingv
 	if err := reader.List(ctx, pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm))); err != nil {
 		return err
 	}
-	o.pods = o.pods[:0]
-	for _, p := range pods.Items {
+	o.pods, o.others = splitOwned(pods.Items, vm)
+	return nil
+}
+
+// splitOwned sorts the pods of the machine's label into those it controls and the others.
+func splitOwned(pods []corev1.Pod, vm *vendingv1alpha1.VendingMachine) (owned, others []corev1.Pod) {
+	for _, p := range pods {
 		if metav1.IsControlledBy(&p, vm) {
-			o.pods = append(o.pods, p)
+			owned = append(owned, p)
+		} else {
+			others = append(others, p)
 		}
 	}
-	return nil
+	return owned, others
 }
 
 // escalationTarget names who an escalation goes to: the owning VendingFleet (which decides
@@ -248,9 +262,47 @@ func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object
 	return nil
 }
 
-// act carries out a step whose memory is written: deletions first, then the new incarnation.
-// Both are idempotent, so a pass that fails half way is finished by the next.
+// releaseAll takes the supervisor's finalizer off the pods of a machine that is gone or going,
+// each once that cannot let its object vanish while it runs (a pod force-deleted while it runs
+// is released when it is terminal: its status update brings the next pass).
+func (r *VendingMachineReconciler) releaseAll(ctx context.Context, namespace, name string) error {
+	pods := &corev1.PodList{}
+	if err := r.List(ctx, pods, client.InNamespace(namespace), client.MatchingLabels{labelMachine: name}); err != nil {
+		return err
+	}
+	for i := range pods.Items {
+		// Not yet deleted: the garbage collector deletes it gracefully (or the machine's
+		// deletion does, in foreground), so the object outlives its containers.
+		if p := &pods.Items[i]; supervisor.MayRelease(p, true) {
+			if err := r.release(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// release takes the supervisor's finalizer off a pod, conditionally on the version read (a
+// merge patch replaces the whole list: another controller's finalizer added meanwhile must not
+// be dropped).
+func (r *VendingMachineReconciler) release(ctx context.Context, pod *corev1.Pod) error {
+	if !supervisor.HasFinalizer(pod) {
+		return nil
+	}
+	base := pod.DeepCopy()
+	controllerutil.RemoveFinalizer(pod, supervisor.Finalizer)
+	return client.IgnoreNotFound(r.Patch(ctx, pod, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})))
+}
+
+// act carries out a step whose memory is written: finalizers released (the pods' ends are
+// recorded), deletions, then the new incarnation. All are idempotent, so a pass that fails half
+// way is finished by the next.
 func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.VendingMachine, step supervisor.Step) error {
+	for _, p := range step.Release {
+		if err := r.release(ctx, p); err != nil {
+			return err
+		}
+	}
 	for _, d := range step.Delete {
 		opts := []client.DeleteOption{client.Preconditions{UID: &d.Pod.UID}}
 		if !d.Graceful {

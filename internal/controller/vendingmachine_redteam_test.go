@@ -72,6 +72,7 @@ func newRig(t *testing.T, mutate func(*vendingv1alpha1.VendingMachine)) *rig {
 	ctx := context.Background()
 	g := NewWithT(t)
 	ns := newNamespace(t)
+	suspendManager(t) // the suite's operator would act on the machine and its pods too
 	vm := newMachine(ns, "coffee", func(vm *vendingv1alpha1.VendingMachine) {
 		fastBackoff(0)(vm)
 		if mutate != nil {
@@ -349,8 +350,13 @@ func TestRedTeamGracefulDeletionFromOutsideIsNotAFailure(t *testing.T) {
 // next pass reads the decision as already made and does not announce it: the machine escalated
 // and no Failed or Escalated event ever says so (the condition does). Announced at most once,
 // not once.
+//
+// The lead's call (issue 10): events are at most once by design (they are announced on the
+// memory write; Kubernetes events are best-effort news, the status is the record), so this
+// stays a documented limit, run with REDTEAM=1. What must hold, the escalation in the status,
+// is checked by the test's second assertion.
 func TestRedTeamLostResponseStillAnnounces(t *testing.T) {
-	redteamDefect(t, "a decision whose memory write was committed but whose response was lost is never announced")
+	redteamDefect(t, "a decision whose memory write was committed but whose response was lost is never announced (documented limit: events are at most once)")
 	rg := newRig(t, func(vm *vendingv1alpha1.VendingMachine) { vm.Spec.Supervision.MaxRestarts = ptr.To[int32](0) })
 	rg.ok()
 	kubeletRun(rg.g, rg.pod(0))
@@ -369,7 +375,6 @@ func TestRedTeamLostResponseStillAnnounces(t *testing.T) {
 // Recovered and then writes the status (the Ready condition) that says so; when that write meets
 // a conflict, the next pass reads Ready=False again and announces Recovered a second time.
 func TestRedTeamRecoveredAnnouncedOnce(t *testing.T) {
-	redteamDefect(t, "Recovered is announced before the status write that records it: a conflict on that write announces it again")
 	rg := newRig(t, nil)
 	rg.ok()
 	kubeletRun(rg.g, rg.pod(0))
@@ -395,7 +400,6 @@ func TestRedTeamRecoveredAnnouncedOnce(t *testing.T) {
 // supervisor looks only at the pods the new object controls, and starts coffee-0 beside it: two
 // pods on one log.
 func TestRedTeamRecreatedMachineWaitsForItsPredecessorsPod(t *testing.T) {
-	redteamDefect(t, "a machine created again with its old name starts a pod while its predecessor's pod may still run on the same claim")
 	ctx := context.Background()
 	rg := newRig(t, nil)
 	vm := rg.machine()

@@ -17,6 +17,7 @@ import (
 // observation is what one reconcile pass saw.
 type observation struct {
 	pods    []corev1.Pod     // the machine's pods
+	others  []corev1.Pod     // pods of its name it does not control (a predecessor's)
 	state   *contract.State  // what the current pod reported, when it was reachable
 	stateOf string           // the pod that reported state
 	// escalatedTo says who gets an escalation: a VendingFleet, or humans.

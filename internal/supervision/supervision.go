@@ -72,12 +72,14 @@ const (
 )
 
 // RecentRestarts returns the restarts inside the window that ends at now, oldest first. A
-// restart "in the future" is kept: it was recorded by a supervisor whose clock runs ahead of
-// this one (a previous leader on another node), and it did happen.
+// restart "in the future" by less than a window is kept: it was recorded by a supervisor whose
+// clock runs ahead of this one (a previous leader on another node), and it did happen. One
+// further ahead than a window is a clock that was wrong (a bad NTP step): keeping it would use
+// up the machine's budget for as long as the error, so it is dropped.
 func RecentRestarts(restarts []time.Time, window time.Duration, now time.Time) []time.Time {
 	var out []time.Time
 	for _, t := range restarts {
-		if now.Sub(t) < window {
+		if now.Sub(t) < window && t.Sub(now) < window {
 			out = append(out, t)
 		}
 	}

@@ -24,10 +24,24 @@ const (
 	LabelIncarnation = "vending.resilience.dev/incarnation"
 	// AnnotationTemplateHash on a pod: a hash of the spec fields it was built from.
 	AnnotationTemplateHash = "vending.resilience.dev/template-hash"
+	// Finalizer on every pod of a machine: the pod object stays until the supervisor has
+	// recorded how it ended (as the Job controller's job-tracking finalizer does), so a pod
+	// deleted as soon as it failed (kubectl delete, a clean-up, the pod GC) still counts.
+	Finalizer = "vending.resilience.dev/supervised"
 	// AnnotationReset on a VendingMachine: change its value to clear an escalation or a stop and
 	// restart the machine with a fresh restart window (what a VendingFleet or a human does).
 	AnnotationReset = "vending.resilience.dev/reset"
 )
+
+// HasFinalizer: the pod carries the supervisor's finalizer.
+func HasFinalizer(pod *corev1.Pod) bool {
+	for _, f := range pod.Finalizers {
+		if f == Finalizer {
+			return true
+		}
+	}
+	return false
+}
 
 // PodName is incarnation n of the machine's pod.
 func PodName(vm *vendingv1alpha1.VendingMachine, n int32) string {

@@ -29,6 +29,10 @@ type Input struct {
 	Machine *vendingv1alpha1.VendingMachine
 	// Pods the machine controls.
 	Pods []corev1.Pod
+	// Others are pods of the machine's name it does not control: a predecessor's (a machine
+	// deleted and created again under its name, whose pods the garbage collector has not
+	// removed yet). They may run on the same claim, so no pod is created while one may run.
+	Others []corev1.Pod
 	// TemplateHash of the pod the spec asks for now; a running pod with another is rolled.
 	TemplateHash string
 	Now          time.Time
@@ -126,6 +130,9 @@ type Step struct {
 	// pod that may still run on the claim precedes.
 	Delete []Deletion
 	Create bool
+	// Release: pods whose finalizer the supervisor no longer needs (their end is recorded, or
+	// they are not the current incarnation's): removed after the memory write, before deletes.
+	Release []*corev1.Pod
 	// Progress and, while backing off, when the restart is due.
 	Progress      Progress
 	NextRestartAt *time.Time
@@ -136,7 +143,8 @@ type Step struct {
 // Next is the supervisor's choice for one pass. See the package comment for the contract.
 func Next(in Input) Step {
 	s := choose(in)
-	s.singleWriter(in.Pods)
+	s.singleWriter(append(append([]corev1.Pod(nil), in.Pods...), in.Others...))
+	s.release(in)
 	if s.Create {
 		s.Memory.PodRequested = true // remembered before the pod is asked for
 	}
@@ -209,13 +217,60 @@ func choose(in Input) *Step {
 	case Terminal(pod):
 		s.failed(vm, cur, policy, olderRunning, now)
 	case pod.DeletionTimestamp != nil:
-		s.Progress = Recreating // deleted from outside: when it is gone, lost() recreates it
+		// Deleted from outside while it runs (kubectl delete, a drain): lost from outside. The
+		// next incarnation is reserved now; it is created once this one is gone.
+		s.Memory.Recreations++
+		s.next(vm, cur+1, vendingv1alpha1.PodRecreated, Recreating)
 	case pod.Annotations[AnnotationTemplateHash] != in.TemplateHash:
 		s.Memory.Rolls++
 		s.next(vm, cur+1, vendingv1alpha1.PodRolled, Rolling)
 		s.Delete = append(s.Delete, Deletion{Pod: pod, Graceful: true})
 	}
 	return s
+}
+
+// release lists the pods whose finalizer is no longer needed once this step's memory is
+// written: a pod of an earlier incarnation (its end does not matter to the memory any more), a
+// current pod whose failure is decided, and a predecessor's pod (not this machine's).
+//
+// A pod that may still run is released only while its deletion is graceful: the API server then
+// keeps the object until its kubelet confirms the containers ended, so the single-writer check
+// still sees it. A running pod deleted with --force keeps the finalizer (and so its object) until
+// it is terminal: released earlier, its object would vanish while its container still writes.
+func (s *Step) release(in Input) {
+	graceful := map[types.UID]bool{}
+	for _, d := range s.Delete {
+		graceful[d.Pod.UID] = d.Graceful
+	}
+	mayRelease := func(p *corev1.Pod) bool { return MayRelease(p, graceful[p.UID]) }
+	for i := range in.Pods {
+		p := &in.Pods[i]
+		if !HasFinalizer(p) || !mayRelease(p) {
+			continue
+		}
+		decided := s.Memory.LastFailure != nil && s.Memory.LastFailure.Action != "" && s.Memory.LastFailure.PodName == p.Name
+		if p.Name != s.Memory.PodName || decided {
+			s.Release = append(s.Release, p)
+		}
+	}
+	for i := range in.Others {
+		if p := &in.Others[i]; HasFinalizer(p) && mayRelease(p) {
+			s.Release = append(s.Release, p)
+		}
+	}
+}
+
+// MayRelease: the pod's finalizer may come off without its object vanishing while its
+// container may still run: it is terminal, or its deletion is graceful (asked for, or about to
+// be: deletingGracefully), so the API server keeps it until its kubelet confirms.
+func MayRelease(p *corev1.Pod, deletingGracefully bool) bool {
+	switch {
+	case Terminal(p), p.Spec.NodeName == "": // ended, or never scheduled: nothing runs
+		return true
+	case p.DeletionTimestamp != nil:
+		return ptrDeref(p.DeletionGracePeriodSeconds) > 0
+	}
+	return deletingGracefully
 }
 
 // singleWriter is the last word on a step: a new pod is created only when no other pod of the
@@ -376,6 +431,6 @@ func timesOf(ts []metav1.Time) []time.Time {
 
 // String is for logs.
 func (s Step) String() string {
-	return fmt.Sprintf("pod=%s transition=%q create=%v delete=%d progress=%q", s.Memory.PodName, s.Transition, s.Create,
-		len(s.Delete), s.Progress)
+	return fmt.Sprintf("pod=%s transition=%q create=%v delete=%d release=%d progress=%q", s.Memory.PodName, s.Transition, s.Create,
+		len(s.Delete), len(s.Release), s.Progress)
 }

@@ -141,6 +141,60 @@ type want struct {
 
 // Every step that creates a pod remembers that it asked for it (checked for all cases).
 
+// finalized: the pod has the supervisor's finalizer (and a node: it may run).
+func finalized(p *corev1.Pod) { p.Finalizers, p.Spec.NodeName = []string{Finalizer}, "node-1" }
+
+// graceful: a deletion asked for with a grace period of n seconds.
+func graceful(n int64) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.DeletionTimestamp = &metav1.Time{Time: t0.Add(time.Duration(n) * time.Second)}
+		p.DeletionGracePeriodSeconds = ptr.To(n)
+	}
+}
+
+// The finalizer keeps a pod until its end is recorded, and no longer.
+func TestNextReleasesFinalizers(t *testing.T) {
+	tests := []struct {
+		name    string
+		mem     func(*vendingv1alpha1.VendingMachineStatus)
+		pods    []corev1.Pod
+		others  []corev1.Pod
+		release []string
+	}{
+		{name: "a running current pod is kept", mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized)}},
+		{name: "a failed pod is kept until its failure is decided, released in the step that decides",
+			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized, failedWith("LogLocked", t0))}, release: []string{"m-0"}},
+		{name: "an earlier incarnation is released", mem: at(0, "m-1"), pods: []corev1.Pod{pod("m-0", finalized, killedAt(t0))},
+			release: []string{"m-0"}},
+		{name: "a predecessor's pod is released once it may", mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized)},
+			others: []corev1.Pod{pod("m-3", finalized, graceful(30))}, release: []string{"m-3"}},
+		{name: "a pod without the finalizer has nothing to release", mem: at(0, "m-1"), pods: []corev1.Pod{pod("m-0", killedAt(t0))}},
+		{name: "a running pod deleted gracefully from outside is released (its object stays until its kubelet confirms)",
+			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized, graceful(30))}, release: []string{"m-0"}},
+		{name: "a running pod force-deleted keeps its finalizer until it is terminal: its object must outlive its container",
+			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized, graceful(0))}},
+		{name: "a pod never scheduled may go at once, force-deleted or not: nothing runs",
+			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized, graceful(0), func(p *corev1.Pod) { p.Spec.NodeName = "" })},
+			release: []string{"m-0"}},
+		{name: "a predecessor's running pod force-deleted is kept too",
+			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized)}, others: []corev1.Pod{pod("m-3", finalized, graceful(0))}},
+		{name: "a running pod rolled (deleted gracefully in this step) is released",
+			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", finalized, oldHash)}, release: []string{"m-0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := Next(Input{Machine: machine(tt.mem), Pods: tt.pods, Others: tt.others, TemplateHash: hash, Now: t0})
+			var got []string
+			for _, p := range s.Release {
+				got = append(got, p.Name)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.release) {
+				t.Errorf("released %v, want %v (%s)", got, tt.release, s)
+			}
+		})
+	}
+}
+
 func TestNext(t *testing.T) {
 	in1s := t0.Add(time.Second)
 	tests := []struct {
@@ -227,9 +281,9 @@ func TestNext(t *testing.T) {
 		{name: "a pod seen and then gone (deleted from outside): recreated as the next incarnation, outside the window",
 			mem: at(1, "m-0"), now: t0,
 			want: want{podName: "m-1", cause: vendingv1alpha1.PodRecreated, transition: vendingv1alpha1.PodRecreated, create: true, progress: Recreating, recreations: 1}},
-		{name: "a running pod being deleted from outside: wait for it to go",
+		{name: "a running pod being deleted from outside is lost from outside: the next is reserved, created once it is gone",
 			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", deleting)}, now: t0,
-			want: want{podName: "m-0", podUID: "uid-m-0", progress: Recreating}},
+			want: want{podName: "m-1", cause: vendingv1alpha1.PodRecreated, transition: vendingv1alpha1.PodRecreated, progress: Recreating, recreations: 1}},
 		{name: "a failed pod being deleted is still decided about",
 			mem: at(1, "m-0"), pods: []corev1.Pod{pod("m-0", killedAt(t0), deletedAt(t0.Add(500*time.Millisecond)))}, now: t0,
 			want: want{podName: "m-0", decided: vendingv1alpha1.ActionRestart, pending: vendingv1alpha1.ActionRestart, progress: BackingOff, nextRestart: &in1s}},
