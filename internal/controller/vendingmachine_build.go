@@ -155,7 +155,7 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vend
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: vm.Namespace, Labels: labels, Annotations: annotations,
-			Finalizers: []string{supervisor.Finalizer},
+			Finalizers:      []string{supervisor.Finalizer},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(vm)},
 		},
 		Spec: corev1.PodSpec{

@@ -86,35 +86,54 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, r.releaseAll(ctx, vm.Namespace, vm.Name)
 	}
 	now := r.clock().Now()
-	before := vm.DeepCopy()
 	o, err := r.observe(ctx, vm)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	step := supervisor.Step{Memory: supervisor.MemoryOf(&vm.Status)}
-	if !vm.Spec.Paused {
-		if err := r.ensure(ctx, buildPVC(vm)); err != nil {
-			return ctrl.Result{}, err
-		}
-		if err := r.ensure(ctx, buildService(vm)); err != nil {
-			return ctrl.Result{}, err
-		}
-		step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, Others: o.others, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
-		if step.Create {
-			// Creating a pod is the one step that could put two pods on the claim (a cache that
-			// has not seen a pod yet, or a machine read before its last write): decide it again
-			// on live reads. Pods are created rarely, so this costs two reads now and then.
-			if err := r.observeLive(ctx, vm, &o); err != nil {
-				return ctrl.Result{}, client.IgnoreNotFound(err)
-			}
-			before = vm.DeepCopy()
-			step = supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, Others: o.others, TemplateHash: templateHash(vm, r.image(vm)), Now: now})
-		}
+	step, err := r.decide(ctx, vm, &o, now)
+	if err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	vm.Status = computeStatus(vm, step, o, now)
+	return r.carryOut(ctx, vm, step, o, now)
+}
 
+// decide is the supervisor's choice for this pass. A step that creates a pod is decided again
+// on live reads (vm and o are then replaced by what the API server has).
+func (r *VendingMachineReconciler) decide(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation,
+	now time.Time) (supervisor.Step, error) {
+	if vm.Spec.Paused {
+		return supervisor.Step{Memory: supervisor.MemoryOf(&vm.Status)}, nil
+	}
+	if err := r.ensure(ctx, buildPVC(vm)); err != nil {
+		return supervisor.Step{}, err
+	}
+	if err := r.ensure(ctx, buildService(vm)); err != nil {
+		return supervisor.Step{}, err
+	}
+	next := func() supervisor.Step {
+		return supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, Others: o.others,
+			TemplateHash: templateHash(vm, r.image(vm)), Now: now})
+	}
+	step := next()
+	if step.Create {
+		// Creating a pod is the one step that could put two pods on the claim (a cache that has
+		// not seen a pod yet, or a machine read before its last write): decide it again on live
+		// reads. Pods are created rarely, so this costs two reads now and then.
+		if err := r.observeLive(ctx, vm, o); err != nil {
+			return supervisor.Step{}, err
+		}
+		step = next()
+	}
+	return step, nil
+}
+
+// carryOut remembers, announces and acts on a step, then writes the observed status.
+func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1alpha1.VendingMachine, step supervisor.Step,
+	o observation, now time.Time) (ctrl.Result, error) {
+	before := vm.DeepCopy() // the machine as this pass read it
+	read := before.DeepCopy()
+	vm.Status = computeStatus(vm, step, o, now)
 	acts := len(step.Delete) > 0 || step.Create || len(step.Release) > 0
-	read := before.DeepCopy() // the machine as this pass read it, for the Ready transition
 	if !step.Memory.Equal(supervisor.MemoryOf(&before.Status)) {
 		if acts {
 			// observedGeneration advances only once the step is done (below).

@@ -16,10 +16,10 @@ import (
 
 // observation is what one reconcile pass saw.
 type observation struct {
-	pods    []corev1.Pod     // the machine's pods
-	others  []corev1.Pod     // pods of its name it does not control (a predecessor's)
-	state   *contract.State  // what the current pod reported, when it was reachable
-	stateOf string           // the pod that reported state
+	pods    []corev1.Pod    // the machine's pods
+	others  []corev1.Pod    // pods of its name it does not control (a predecessor's)
+	state   *contract.State // what the current pod reported, when it was reachable
+	stateOf string          // the pod that reported state
 	// escalatedTo says who gets an escalation: a VendingFleet, or humans.
 	escalatedTo string
 }
@@ -63,7 +63,8 @@ const (
 // computeStatus is the machine's status after a step: the supervisor's memory as the step
 // leaves it, and the rest rebuilt from observation (the conditions' transition times are kept
 // by meta.SetStatusCondition). observedGeneration is the caller's.
-func computeStatus(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, o observation, now time.Time) vendingv1alpha1.VendingMachineStatus {
+func computeStatus(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, o observation,
+	now time.Time) vendingv1alpha1.VendingMachineStatus {
 	st := vendingv1alpha1.VendingMachineStatus{
 		ObservedGeneration: vm.Status.ObservedGeneration,
 		Conditions:         vm.Status.Conditions,

@@ -123,7 +123,7 @@ func disruption(pod *corev1.Pod) (reason string, ok bool) {
 	}
 	if d := pod.DeletionTimestamp; d != nil {
 		// deletionTimestamp is when the grace period ends; the deletion was asked for that long before.
-		asked := d.Time.Add(-time.Duration(ptrDeref(pod.DeletionGracePeriodSeconds)) * time.Second)
+		asked := d.Add(-time.Duration(ptrDeref(pod.DeletionGracePeriodSeconds)) * time.Second)
 		if before(asked) {
 			return ReasonPodDeleted, true
 		}

@@ -414,8 +414,9 @@ func progressOf(c vendingv1alpha1.PodCause) Progress {
 }
 
 func recentTimes(ts []metav1.Time, window time.Duration, now time.Time) []metav1.Time {
-	var out []metav1.Time
-	for _, t := range supervision.RecentRestarts(timesOf(ts), window, now) {
+	recent := supervision.RecentRestarts(timesOf(ts), window, now)
+	out := make([]metav1.Time, 0, len(recent))
+	for _, t := range recent {
 		out = append(out, metav1.NewTime(t))
 	}
 	return out

@@ -86,7 +86,7 @@ func deleting(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} }
 func deletedAt(t time.Time) func(*corev1.Pod) {
 	return func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t} }
 }
-func oldHash(p *corev1.Pod)  { p.Annotations[AnnotationTemplateHash] = "h0" }
+func oldHash(p *corev1.Pod) { p.Annotations[AnnotationTemplateHash] = "h0" }
 
 func decided(name string, action vendingv1alpha1.SupervisorAction, restartAt *time.Time, external bool) func(*vendingv1alpha1.VendingMachineStatus) {
 	return func(st *vendingv1alpha1.VendingMachineStatus) {
@@ -217,7 +217,7 @@ func TestNext(t *testing.T) {
 			mem:  all(at(0, "m-3"), func(st *vendingv1alpha1.VendingMachineStatus) { st.PodCause = vendingv1alpha1.PodRolled }),
 			want: want{podName: "m-3", cause: vendingv1alpha1.PodRolled, create: true, progress: Rolling}},
 		{name: "no pod is created while another may run on the claim, whatever the memory says",
-			mem:  all(at(1, "m-3"), decided("m-3", vendingv1alpha1.ActionEscalate, nil, false)),
+			mem:     all(at(1, "m-3"), decided("m-3", vendingv1alpha1.ActionEscalate, nil, false)),
 			machine: withReset("r9"), pods: []corev1.Pod{pod("m-2")},
 			want: want{podName: "m-4", cause: vendingv1alpha1.PodReset, transition: vendingv1alpha1.PodReset, deletes: []string{"m-2~"},
 				progress: Resetting, resets: 1, observedRset: "r9"}},
@@ -346,7 +346,7 @@ func check(t *testing.T, s Step, w want) {
 	}
 	eq("transition", s.Transition, w.transition)
 	eq("create", s.Create, w.create)
-	var dels []string
+	dels := make([]string, 0, len(s.Delete))
 	for _, d := range s.Delete {
 		n := d.Pod.Name
 		if d.Graceful {
