@@ -198,18 +198,8 @@ func TestStaleReadCannotOverwriteMemory(t *testing.T) {
 			}
 			return cl.Get(ctx, key, obj, opts...)
 		},
-		List: func(ctx context.Context, cl client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
-			if _, ok := list.(*corev1.PodList); ok {
-				return nil // the pod informer has not caught up either
-			}
-			return cl.List(ctx, list, opts...)
-		},
-		Create: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
-			if p, ok := obj.(*corev1.Pod); ok {
-				created = append(created, p.Name)
-			}
-			return cl.Create(ctx, obj, opts...)
-		},
+		List:   hidePods, // the pod informer has not caught up either
+		Create: recordPodCreates(&created),
 	})
 	// Even its "live" reads are stale: only the conditional write stands between it and the
 	// memory.
@@ -248,18 +238,8 @@ func TestLaggingPodCacheCreatesNoSecondPod(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	var created []string
 	blind := interceptor.NewClient(c, interceptor.Funcs{
-		List: func(ctx context.Context, cl client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
-			if _, ok := list.(*corev1.PodList); ok {
-				return nil // a pod cache that has not seen the pod
-			}
-			return cl.List(ctx, list, opts...)
-		},
-		Create: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
-			if p, ok := obj.(*corev1.Pod); ok {
-				created = append(created, p.Name)
-			}
-			return cl.Create(ctx, obj, opts...)
-		},
+		List:   hidePods, // a pod cache that has not seen the pod
+		Create: recordPodCreates(&created),
 	})
 	r := &VendingMachineReconciler{Client: blind, Scheme: scheme, Recorder: events.NewFakeRecorder(100), VendingImage: DefaultVendingImage,
 		Clock: testClock, APIReader: c}
@@ -269,6 +249,24 @@ func TestLaggingPodCacheCreatesNoSecondPod(t *testing.T) {
 	got := getMachine(g, vm)
 	g.Expect(got.Status.PodName).To(Equal("coffee-0"))
 	g.Expect(got.Status.Recreations).To(BeZero())
+}
+
+// hidePods is an interceptor List that shows no pods: a pod cache that has not caught up.
+func hidePods(ctx context.Context, cl client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+	if _, ok := list.(*corev1.PodList); ok {
+		return nil
+	}
+	return cl.List(ctx, list, opts...)
+}
+
+// recordPodCreates is an interceptor Create that notes the names of the pods created.
+func recordPodCreates(created *[]string) func(context.Context, client.WithWatch, client.Object, ...client.CreateOption) error {
+	return func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+		if p, ok := obj.(*corev1.Pod); ok {
+			*created = append(*created, p.Name)
+		}
+		return cl.Create(ctx, obj, opts...)
+	}
 }
 
 // poke changes an annotation of the machine, which wakes a full reconcile from scratch.
