@@ -308,7 +308,8 @@ func (l *loop) run(ctx context.Context) error {
 // waitForAPIServer polls GET /readyz until it answers, and says whether it had to wait; it logs
 // the wait once, not each attempt.
 func (l *loop) waitForAPIServer(ctx context.Context) (waited bool, err error) {
-	if true {
+	err = l.probe(ctx)
+	if err == nil {
 		return false, nil
 	}
 	l.emit(Event{State: WaitingForAPIServer, Manager: l.n, Err: err})
