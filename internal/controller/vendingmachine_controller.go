@@ -5,7 +5,9 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,14 +17,16 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
@@ -290,9 +294,10 @@ func (r *VendingMachineReconciler) releaseAll(ctx context.Context, namespace, na
 		return err
 	}
 	for i := range pods.Items {
-		// Not yet deleted: the garbage collector deletes it gracefully (or the machine's
-		// deletion does, in foreground), so the object outlives its containers.
-		if p := &pods.Items[i]; supervisor.MayRelease(p, true) {
+		// A pod not yet deleted keeps it: the garbage collector's graceful deletion brings the
+		// next pass. One nobody deletes (orphaned with --cascade=orphan) keeps it until it ends
+		// or is deleted, so that a force delete cannot make its object vanish while it runs.
+		if p := &pods.Items[i]; supervisor.MayRelease(p, false) {
 			if err := r.release(ctx, p); err != nil {
 				return err
 			}
@@ -301,16 +306,23 @@ func (r *VendingMachineReconciler) releaseAll(ctx context.Context, namespace, na
 	return nil
 }
 
-// release takes the supervisor's finalizer off a pod, conditionally on the version read (a
-// merge patch replaces the whole list: another controller's finalizer added meanwhile must not
-// be dropped).
+// release takes the supervisor's finalizer off a pod: a JSON patch that tests the entry before
+// it removes it, so another controller's finalizer added meanwhile is kept, and a status update
+// of the pod (its kubelet) does not make it conflict.
 func (r *VendingMachineReconciler) release(ctx context.Context, pod *corev1.Pod) error {
-	if !supervisor.HasFinalizer(pod) {
+	i := slices.Index(pod.Finalizers, supervisor.Finalizer)
+	if i < 0 {
 		return nil
 	}
-	base := pod.DeepCopy()
-	controllerutil.RemoveFinalizer(pod, supervisor.Finalizer)
-	return client.IgnoreNotFound(r.Patch(ctx, pod, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})))
+	path := fmt.Sprintf("/metadata/finalizers/%d", i)
+	patch, err := json.Marshal([]map[string]string{
+		{"op": "test", "path": path, "value": supervisor.Finalizer},
+		{"op": "remove", "path": path},
+	})
+	if err != nil {
+		return err
+	}
+	return client.IgnoreNotFound(r.Patch(ctx, pod, client.RawPatch(types.JSONPatchType, patch)))
 }
 
 // act carries out a step whose memory is written: finalizers released (the pods' ends are
@@ -451,6 +463,27 @@ func (r *VendingMachineReconciler) announceRecovery(before, after *vendingv1alph
 	}
 }
 
+// machineOfPod names the machine a pod belongs to: by its controller reference and by its label.
+func machineOfPod(_ context.Context, obj client.Object) []reconcile.Request {
+	var out []reconcile.Request
+	add := func(name string) {
+		for _, r := range out {
+			if r.Name == name {
+				return
+			}
+		}
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: name}})
+	}
+	ref := metav1.GetControllerOf(obj)
+	if ref != nil && ref.Kind == "VendingMachine" && ref.APIVersion == vendingv1alpha1.GroupVersion.String() {
+		add(ref.Name)
+	}
+	if name := obj.GetLabels()[labelMachine]; name != "" {
+		add(name)
+	}
+	return out
+}
+
 // relatedPod is an event's related object: the pod, or none (a nil *Pod is not a nil Object).
 func relatedPod(p *corev1.Pod) runtime.Object {
 	if p == nil {
@@ -474,7 +507,9 @@ func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Optio
 		// a fleet or a human asks for) do, besides the children.
 		For(&vendingv1alpha1.VendingMachine{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Owns(&corev1.Pod{}).
+		// Pods map to their machine by label as well as by owner: a pod whose owner reference
+		// was removed (an orphaned predecessor) still carries a finalizer to release.
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(machineOfPod)).
 		Owns(&corev1.Service{}).
 		WithOptions(opts).
 		Named("vendingmachine").

@@ -143,7 +143,7 @@ type Step struct {
 // Next is the supervisor's choice for one pass. See the package comment for the contract.
 func Next(in Input) Step {
 	s := choose(in)
-	s.singleWriter(append(append([]corev1.Pod(nil), in.Pods...), in.Others...))
+	s.singleWriter(in.Pods, in.Others)
 	s.release(in)
 	if s.Create {
 		s.Memory.PodRequested = true // remembered before the pod is asked for
@@ -276,7 +276,7 @@ func MayRelease(p *corev1.Pod, deletingGracefully bool) bool {
 // singleWriter is the last word on a step: a new pod is created only when no other pod of the
 // machine may still run on the claim (the log has one writer), and only a terminal pod, or one
 // the supervisor saw fail, is deleted without its grace period.
-func (s *Step) singleWriter(pods []corev1.Pod) {
+func (s *Step) singleWriter(pods, others []corev1.Pod) {
 	failed := ""
 	if d := s.Memory.LastFailure; d != nil && d.Action != "" {
 		failed = d.PodName // seen failed: a view of it running is stale
@@ -291,6 +291,14 @@ func (s *Step) singleWriter(pods []corev1.Pod) {
 	}
 	for i := range pods {
 		if p := &pods[i]; p.Name != s.Memory.PodName && !Terminal(p) && p.Name != failed {
+			s.Create = false
+			return
+		}
+	}
+	// A predecessor's pod blocks whatever its name (it may bear the very name to create) and
+	// whatever this machine's memory says of that name.
+	for i := range others {
+		if !Terminal(&others[i]) {
 			s.Create = false
 			return
 		}
