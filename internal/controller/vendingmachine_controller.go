@@ -146,7 +146,7 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 		if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
 			return ctrl.Result{RequeueAfter: conflictRetry}, nil
 		} else if err != nil {
-			return ctrl.Result{}, err
+			return ctrl.Result{}, client.IgnoreNotFound(err) // gone: its next event releases its pods
 		}
 		before = vm.DeepCopy()
 		// Announced on the memory write, which succeeds once per decision and transition: at
@@ -165,7 +165,7 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
 		result.RequeueAfter = conflictRetry
 	} else if err != nil && actErr == nil {
-		actErr = err
+		actErr = client.IgnoreNotFound(err)
 	} else if err == nil {
 		// Recovered once the status that says Ready reached the API server: a pass whose write
 		// failed announces nothing, and the next one, reading Ready, announces it then.
