@@ -37,6 +37,28 @@ func reviewKubeletFinish(g Gomega, pod *corev1.Pod) {
 	g.Expect(client.IgnoreNotFound(err)).To(Succeed())
 }
 
+// reviewRunningMachine is a machine named coffee whose pod 0 is bound to a node and running.
+func reviewRunningMachine(t *testing.T, g Gomega, ns string) (*vendingv1alpha1.VendingMachine, *corev1.Pod) {
+	t.Helper()
+	vm := createMachine(t, ns, "coffee", fastBackoff(0))
+	pod := reviewBind(g, waitPod(g, vm, 0))
+	reviewUnstick(t, pod)
+	kubeletRun(g, pod)
+	g.Eventually(func(g Gomega) {
+		g.Expect(getMachine(g, vm).Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
+	}).Should(Succeed())
+	return vm, pod
+}
+
+// reviewPatchPod changes the pod's metadata as a user or a tool would (orphaning, relabeling).
+func reviewPatchPod(g Gomega, pod *corev1.Pod, change func(*corev1.Pod)) {
+	ctx := context.Background()
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pod), pod)).To(Succeed())
+	base := pod.DeepCopy()
+	change(pod)
+	g.Expect(k8sClient.Patch(ctx, pod, client.MergeFrom(base))).To(Succeed())
+}
+
 func reviewGone(pod *corev1.Pod) func() bool {
 	return func() bool {
 		return apierrors.IsNotFound(k8sClient.Get(context.Background(), client.ObjectKeyFromObject(pod), &corev1.Pod{}))
@@ -62,13 +84,7 @@ func TestReviewMachineDeletedWhileRunning(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	vm := createMachine(t, ns, "coffee", fastBackoff(0))
-	pod := reviewBind(g, waitPod(g, vm, 0))
-	reviewUnstick(t, pod)
-	kubeletRun(g, pod)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getMachine(g, vm).Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
-	}).Should(Succeed())
+	vm, pod := reviewRunningMachine(t, g, ns)
 
 	g.Expect(k8sClient.Delete(ctx, vm)).To(Succeed())
 	// The GC (simulated) deletes the dependent gracefully.
@@ -84,13 +100,7 @@ func TestReviewNamespaceOrderPodsFirst(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	vm := createMachine(t, ns, "coffee", fastBackoff(0))
-	pod := reviewBind(g, waitPod(g, vm, 0))
-	reviewUnstick(t, pod)
-	kubeletRun(g, pod)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getMachine(g, vm).Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
-	}).Should(Succeed())
+	vm, pod := reviewRunningMachine(t, g, ns)
 	g.Expect(k8sClient.Delete(ctx, pod)).To(Succeed())
 	g.Expect(k8sClient.Delete(ctx, vm)).To(Succeed())
 	reviewKubeletFinish(g, pod)
@@ -104,18 +114,9 @@ func TestReviewOrphanedPodDeletedIsReleased(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	vm := createMachine(t, ns, "coffee", fastBackoff(0))
-	pod := reviewBind(g, waitPod(g, vm, 0))
-	reviewUnstick(t, pod)
-	kubeletRun(g, pod)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getMachine(g, vm).Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
-	}).Should(Succeed())
+	vm, pod := reviewRunningMachine(t, g, ns)
 
-	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pod), pod)).To(Succeed())
-	base := pod.DeepCopy()
-	pod.OwnerReferences = nil
-	g.Expect(k8sClient.Patch(ctx, pod, client.MergeFrom(base))).To(Succeed())
+	reviewPatchPod(g, pod, func(p *corev1.Pod) { p.OwnerReferences = nil })
 	time.Sleep(time.Second) // let the operator see the orphan (it may not create beside it)
 	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pod), pod)).To(Succeed())
 	g.Expect(supervisor.HasFinalizer(pod)).To(BeTrue(), "a scheduled running orphan keeps the finalizer")
@@ -135,18 +136,9 @@ func TestReviewOrphanWithRecreatedMachine(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	vm := createMachine(t, ns, "coffee", fastBackoff(0))
-	pod := reviewBind(g, waitPod(g, vm, 0))
-	reviewUnstick(t, pod)
-	kubeletRun(g, pod)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getMachine(g, vm).Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
-	}).Should(Succeed())
+	vm, pod := reviewRunningMachine(t, g, ns)
 	// The GC's orphaning, then the machine's deletion, then the user re-creates it at once.
-	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pod), pod)).To(Succeed())
-	base := pod.DeepCopy()
-	pod.OwnerReferences = nil
-	g.Expect(k8sClient.Patch(ctx, pod, client.MergeFrom(base))).To(Succeed())
+	reviewPatchPod(g, pod, func(p *corev1.Pod) { p.OwnerReferences = nil })
 	g.Expect(k8sClient.Delete(ctx, vm)).To(Succeed())
 	vm2 := createMachine(t, ns, "coffee", fastBackoff(0))
 	time.Sleep(time.Second)
@@ -169,17 +161,8 @@ func TestReviewRelabeledPod(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	vm := createMachine(t, ns, "coffee", fastBackoff(0))
-	pod := reviewBind(g, waitPod(g, vm, 0))
-	reviewUnstick(t, pod)
-	kubeletRun(g, pod)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getMachine(g, vm).Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
-	}).Should(Succeed())
-	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pod), pod)).To(Succeed())
-	base := pod.DeepCopy()
-	delete(pod.Labels, labelMachine)
-	g.Expect(k8sClient.Patch(ctx, pod, client.MergeFrom(base))).To(Succeed())
+	vm, pod := reviewRunningMachine(t, g, ns)
+	reviewPatchPod(g, pod, func(p *corev1.Pod) { delete(p.Labels, labelMachine) })
 
 	second := &corev1.Pod{}
 	err := func() error {
@@ -206,17 +189,8 @@ func TestReviewOrphanForceDeletedAfterRecreate(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	vm := createMachine(t, ns, "coffee", fastBackoff(0))
-	pod := reviewBind(g, waitPod(g, vm, 0))
-	reviewUnstick(t, pod)
-	kubeletRun(g, pod)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getMachine(g, vm).Status.Phase).To(Equal(vendingv1alpha1.PhaseRunning))
-	}).Should(Succeed())
-	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pod), pod)).To(Succeed())
-	base := pod.DeepCopy()
-	pod.OwnerReferences = nil
-	g.Expect(k8sClient.Patch(ctx, pod, client.MergeFrom(base))).To(Succeed())
+	vm, pod := reviewRunningMachine(t, g, ns)
+	reviewPatchPod(g, pod, func(p *corev1.Pod) { p.OwnerReferences = nil })
 	g.Expect(k8sClient.Delete(ctx, vm)).To(Succeed())
 	time.Sleep(time.Second)
 	vm2 := createMachine(t, ns, "coffee", fastBackoff(0))

@@ -13,8 +13,7 @@ package supervisor
 // reconciler (stale or fresh views, conflicts, crashes between the memory write and the action)
 // and a cluster (kubelet, users, resets, rolls), checking the invariants after every step.
 //
-// A case that breaks a promise on main is a defect: it is skipped, naming the defect, unless
-// REDTEAM=1 (so the lead can run it while fixing; remove the skip with the fix).
+// Every case here broke a promise once and is now a regression test.
 
 import (
 	"encoding/json"
@@ -34,14 +33,6 @@ import (
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
 )
-
-// defect skips a test that shows a defect found by the red team, unless REDTEAM=1.
-func defect(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("REDTEAM") == "" {
-		t.Skip("defect: " + what + " (issue 10 red team; REDTEAM=1 runs it)")
-	}
-}
 
 // rtMachine is machine() with the default decider's Terminated → Restart besides Killed.
 func rtMachine(mem func(*vendingv1alpha1.VendingMachineStatus)) *vendingv1alpha1.VendingMachine {
@@ -232,8 +223,6 @@ type env struct {
 	failedBeforeGone bool
 	// skew: leaders' clocks differ by up to 2 s.
 	skew bool
-	// defect, when set, names the defect this environment finds on main (skipped unless REDTEAM=1).
-	defect string
 }
 
 var envs = []env{
@@ -624,9 +613,6 @@ func TestRedTeamRandomWalk(t *testing.T) {
 	}
 	for _, e := range envs {
 		t.Run(e.name, func(t *testing.T) {
-			if e.defect != "" {
-				defect(t, e.defect)
-			}
 			seen := map[string]int{}
 			for seed := int64(1); seed <= int64(walks); seed++ {
 				if err := walk(seed, e, 120, seen); err != nil {

@@ -136,8 +136,8 @@ type Step struct {
 	// Progress and, while backing off, when the restart is due.
 	Progress      Progress
 	NextRestartAt *time.Time
-	// Current is the pod of the current incarnation, when it exists.
-	Current *corev1.Pod
+	// current is the pod of the current incarnation, when it exists (for the step's own use).
+	current *corev1.Pod
 }
 
 // Next is the supervisor's choice for one pass. See the package comment for the contract.
@@ -186,7 +186,7 @@ func choose(in Input) *Step {
 		p := &in.Pods[i]
 		switch {
 		case p.Name == s.Memory.PodName:
-			s.Current = p
+			s.current = p
 		case Incarnation(p) < cur:
 			// An earlier incarnation: the step that replaced it is done; it goes.
 			if !Terminal(p) {
@@ -197,7 +197,7 @@ func choose(in Input) *Step {
 			}
 		}
 	}
-	if pod := s.Current; pod != nil && s.Memory.PodUID == "" {
+	if pod := s.current; pod != nil && s.Memory.PodUID == "" {
 		s.Memory.PodUID = pod.UID
 	}
 
@@ -206,7 +206,7 @@ func choose(in Input) *Step {
 		return s
 	}
 
-	pod := s.Current
+	pod := s.current
 	switch {
 	case pod == nil:
 		s.lost(vm, cur, olderRunning, now)
@@ -316,9 +316,9 @@ func (s *Step) next(vm *vendingv1alpha1.VendingMachine, n int32, cause vendingv1
 func (s *Step) reset(vm *vendingv1alpha1.VendingMachine, cur int32, reset string, olderRunning bool) {
 	s.Memory.ObservedReset, s.Memory.RestartTimes = reset, nil
 	s.Memory.Resets++
-	pod := s.Current
+	pod := s.current
 	s.next(vm, cur+1, vendingv1alpha1.PodReset, Resetting)
-	s.Current = nil
+	s.current = nil
 	if pod != nil && pod.DeletionTimestamp == nil {
 		s.Delete = append(s.Delete, Deletion{Pod: pod, Graceful: !Terminal(pod)})
 	}
@@ -367,7 +367,7 @@ func (s *Step) failed(vm *vendingv1alpha1.VendingMachine, cur int32, policy supe
 	now time.Time) {
 	d := s.Memory.Pending()
 	if d == nil {
-		f, api := FailureOf(s.Current)
+		f, api := FailureOf(s.current)
 		dec := supervision.Decide(policy, timesOf(s.Memory.RestartTimes), f, vm.Namespace+"/"+vm.Name, now)
 		api.Action = vendingv1alpha1.SupervisorAction(dec.Action)
 		api.DecisionReason, api.DecisionMessage = dec.Reason, dec.Message
@@ -378,7 +378,7 @@ func (s *Step) failed(vm *vendingv1alpha1.VendingMachine, cur int32, policy supe
 		d = &api
 	}
 	if d.Action == vendingv1alpha1.ActionRestart {
-		failedPod := s.Current
+		failedPod := s.current
 		if s.restart(vm, cur, d, olderRunning, now) && failedPod.DeletionTimestamp == nil {
 			s.Delete = append(s.Delete, Deletion{Pod: failedPod})
 		}
@@ -402,7 +402,7 @@ func (s *Step) restart(vm *vendingv1alpha1.VendingMachine, cur int32, d *vending
 		s.Memory.RestartTimes = append(s.Memory.RestartTimes, metav1.NewTime(now))
 		s.next(vm, cur+1, vendingv1alpha1.PodRestarted, Restarting)
 	}
-	s.Current = nil
+	s.current = nil
 	s.Create = !olderRunning
 	return true
 }
