@@ -6,14 +6,17 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
 	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/eventlog"
+	"github.com/vendingfleet/vending-operator/internal/podsupervisor"
 	"github.com/vendingfleet/vending-operator/internal/vending"
 	"github.com/vendingfleet/vending-operator/internal/vendingpod"
 )
@@ -39,9 +42,18 @@ func main() {
 	flag.BoolVar(&cfg.EnableFaults, "enable-faults", false, "Serve POST /v1/faults/out-of-beans (demos and tests).")
 	flag.StringVar(&cfg.TerminationMessagePath, "termination-message-path", contract.DefaultTerminationMessagePath,
 		"Where the failure's JSON termination message is written before the process exits.")
+	supervise := flag.Bool("supervise", false,
+		"Run as the pod's supervisor (PID 1): hold the socket, run the vending service as a child, restart it in place per the supervision flags.")
+	var settings podsupervisor.Settings
+	parseSettings := podsupervisor.Register(flag.CommandLine, &settings)
+	listenFD := flag.Int("listen-fd", 0, "Serve on this inherited listening socket (the supervisor's child).")
+	reportFD := flag.Int("report-fd", 0, "Report the failure on this inherited pipe instead of the termination-message path (the supervisor's child).")
 	flag.Parse()
 
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if *supervise {
+		os.Exit(runSupervisor(cfg, &settings, parseSettings))
+	}
 	var err error
 	if cfg.Machine.Menu, err = vendingpod.ParseMenu(menu); err != nil || cfg.MailboxSize < 1 {
 		if err == nil {
@@ -50,7 +62,50 @@ func main() {
 		fmt.Fprintln(os.Stderr, "vendingpod:", err)
 		os.Exit(contract.ExitConfigError)
 	}
+	if *listenFD > 0 {
+		if cfg.Listener, err = net.FileListener(os.NewFile(uintptr(*listenFD), "listener")); err != nil {
+			fmt.Fprintln(os.Stderr, "vendingpod: --listen-fd:", err)
+			os.Exit(contract.ExitConfigError)
+		}
+	}
+	if *reportFD > 0 {
+		cfg.ReportTo = os.NewFile(uintptr(*reportFD), "report")
+	}
 	if err := vendingpod.Run(cfg); err != nil {
 		os.Exit(contract.ExitConfigError) // Run reported and exited already; this is a backstop.
 	}
+}
+
+// runSupervisor is PID 1 of a supervised pod: the vending service runs as its child, with the
+// same flags (the supervisor's own are ignored by the child).
+func runSupervisor(cfg vendingpod.Config, settings *podsupervisor.Settings, parse func() error) int {
+	if err := parse(); err != nil {
+		fmt.Fprintln(os.Stderr, "vendingpod:", err)
+		return contract.ExitConfigError
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vendingpod:", err)
+		return contract.ExitConfigError
+	}
+	command := []string{self}
+	for _, a := range os.Args[1:] {
+		if a != "--supervise" && a != "-supervise" && a != "--supervise=true" {
+			command = append(command, a)
+		}
+	}
+	sup := podsupervisor.Config{Settings: *settings, Listen: cfg.Listen, Command: command,
+		TerminationMessagePath: cfg.TerminationMessagePath, MemoryEvents: "/sys/fs/cgroup/memory.events", Logger: cfg.Logger}
+	if ns, name := os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"); ns != "" && name != "" {
+		a, err := podsupervisor.NewAnnotator(context.Background(), ns, name, cfg.Logger)
+		if err != nil {
+			// Healing does not depend on it: the restarts still reach the operator in the
+			// termination message when the pod ends.
+			cfg.Logger.Warn("In-place restarts are not reported live (no API credentials)", "err", err)
+		} else {
+			sup.Report = a.Report
+		}
+	}
+	_ = podsupervisor.Run(sup)
+	return contract.ExitConfigError // Run exits; this is a backstop
 }

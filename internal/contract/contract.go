@@ -75,6 +75,40 @@ type TerminationMessage struct {
 	File         string    `json:"file,omitempty"`
 	Offset       int64     `json:"offset,omitempty"`
 	Time         time.Time `json:"time"`
+	// InPlace is the in-pod supervisor's record of the restarts it made inside this pod before
+	// it gave up (set by the supervisor, PID 1, when it exits carrying its child's failure).
+	InPlace *InPlace `json:"inPlace,omitempty"`
+}
+
+// AnnotationInPlace is the annotation on its own pod in which the in-pod supervisor reports
+// its in-place restarts as they happen (an InPlace as JSON), so that the operator folds them
+// into the machine's status and events without waiting for the pod to end.
+const AnnotationInPlace = "vending.resilience.dev/in-place-restarts"
+
+// MaxInPlaceTimes bounds InPlace.Times: the newest restarts are enough to fold what the
+// operator has not seen yet (it folds on every report) and to count a window's intensity
+// (maxRestarts restarts at most fit before the supervisor gives up).
+const MaxInPlaceTimes = 64
+
+// InPlace is what the in-pod supervisor reports about the restarts it made in one pod.
+type InPlace struct {
+	// Restarts made in this pod so far (the n-th restart has number n).
+	Restarts int32 `json:"restarts"`
+	// Times of the newest restarts (at most MaxInPlaceTimes), oldest first: the last one is
+	// restart number Restarts.
+	Times []time.Time `json:"times,omitempty"`
+	// Last is the failure that caused the newest restart and what was decided about it.
+	Last *InPlaceFailure `json:"last,omitempty"`
+}
+
+// InPlaceFailure is one failure of the vending process and the in-pod supervisor's decision.
+type InPlaceFailure struct {
+	TerminationMessage
+	// Decision, as supervision.Decide made it (Action is Restart for an in-place restart).
+	Action          string    `json:"action"`
+	DecisionReason  string    `json:"decisionReason"`
+	DecisionMessage string    `json:"decisionMessage"`
+	RestartAt       time.Time `json:"restartAt"`
 }
 
 // State is the reply of GET /v1/state.

@@ -34,6 +34,14 @@ type Config struct {
 	MailboxSize            int
 	EnableFaults           bool
 	TerminationMessagePath string
+	// Supervised: the process is the child of the in-pod supervisor (internal/podsupervisor),
+	// which holds the listening socket and hands it over as Listener, and reads the failure
+	// from ReportTo instead of the termination-message path. A supervised child accepts
+	// connections only once it has recovered: during an in-place restart, requests and probes
+	// wait in the socket's backlog (held by the supervisor) instead of meeting 503 NotReady, so
+	// a restart shorter than a probe's timeout is a slow reply, not a flap.
+	Listener net.Listener
+	ReportTo *os.File
 	// LockWait is how long to wait for another process's lock on the log before exiting with
 	// LogLocked: a pod replaced in a hurry (deleted with no grace) may still be dying on the
 	// same node while its successor starts.
@@ -83,6 +91,7 @@ func DefaultListen() string {
 // reporter reifies failures: a termination message for the supervisor, a log line, an exit.
 type reporter struct {
 	path   string
+	to     *os.File // the supervisor's pipe, instead of path
 	logger *slog.Logger
 	exit   func(int)
 	now    func() time.Time
@@ -102,7 +111,12 @@ func (r reporter) report(f Failure) {
 		Sequence: f.Sequence, File: f.File, Offset: f.Offset, Time: r.now().UTC(),
 	}
 	b, _ := json.Marshal(msg)
-	if r.path != "" {
+	if r.to != nil {
+		// The in-pod supervisor reads this pipe to EOF when the process is gone.
+		if _, err := r.to.Write(b); err != nil {
+			r.logger.Error("Reporting the failure to the supervisor", "err", err)
+		}
+	} else if r.path != "" {
 		// Best effort: a failure to report must not stop the process from dying.
 		if err := os.WriteFile(r.path, b, 0o644); err != nil {
 			r.logger.Error("Writing termination message", "path", r.path, "err", err)
@@ -138,7 +152,7 @@ func Run(cfg Config) error {
 	if exit == nil {
 		exit = os.Exit
 	}
-	rep := reporter{path: cfg.TerminationMessagePath, logger: logger, exit: exit, now: time.Now, once: new(sync.Once)}
+	rep := reporter{path: cfg.TerminationMessagePath, to: cfg.ReportTo, logger: logger, exit: exit, now: time.Now, once: new(sync.Once)}
 	defer onSIGTERM(rep)()
 	if err := cfg.Machine.Validate(); err != nil {
 		rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: err.Error()})
@@ -162,15 +176,17 @@ func Run(cfg Config) error {
 	for name, it := range cfg.Machine.Menu {
 		srv.menu[name] = int(it.Price)
 	}
+	var err error
 	reg.MustRegister(srv.requests, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "vending_mailbox_depth", Help: "Commands waiting for the writer.",
 	}, func() float64 { return float64(len(mailbox)) }))
 
-	// Serve probes while the log replays: alive at once, ready only after recovery.
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: err.Error()})
-		return err
+	ln := cfg.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: err.Error()})
+			return err
+		}
 	}
 	httpSrv := &http.Server{
 		Handler:           srv.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
@@ -178,11 +194,18 @@ func Run(cfg Config) error {
 		ReadTimeout:       10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	go func() {
-		if err := httpSrv.Serve(ln); err != nil {
-			rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: "http: " + err.Error()})
-		}
-	}()
+	serve := func() {
+		go func() {
+			if err := httpSrv.Serve(ln); err != nil {
+				rep.fail(Failure{Reason: contract.ReasonConfigError, ExitCode: contract.ExitConfigError, Message: "http: " + err.Error()})
+			}
+		}()
+	}
+	if cfg.Listener == nil {
+		// Alone in its container, the process serves probes while the log replays: alive at
+		// once, ready only after recovery (a long replay is not mistaken for a hang).
+		serve()
+	}
 
 	m := vending.New(cfg.Machine)
 	l, stats, err := eventlog.Open(cfg.DataDir, eventlog.Options{
@@ -235,6 +258,9 @@ func Run(cfg Config) error {
 	logger.Info("Vending machine ready", "listen", ln.Addr().String(), "menu", menuString(cfg.Machine.Menu),
 		"totalCoins", st.TotalCoins, "inserted", st.Inserted, "beans", st.Beans, "milk", st.Milk, "seq", st.Seq)
 	srv.ready.Store(true)
+	if cfg.Listener != nil {
+		serve()
+	}
 	w.run(mailbox)
 	return nil
 }
