@@ -287,6 +287,10 @@ type Failure struct {
 	// recreated at once and does not count against the restart window.
 	// +optional
 	External bool `json:"external,omitempty"`
+	// inPlace is true when the pod's own supervisor restarted the vending process inside the
+	// pod (action Restart, already carried out): the pod stayed, only its process was replaced.
+	// +optional
+	InPlace bool `json:"inPlace,omitempty"`
 }
 
 // PodCause says why the machine's current pod exists.
@@ -330,10 +334,21 @@ type VendingMachineStatus struct {
 	// +optional
 	Phase MachinePhase `json:"phase,omitempty"`
 
-	// restarts the supervisor has made after the machine's own failures, in the machine's life.
-	// Pods replaced for other causes are counted apart (recreations, rolls, resets).
+	// restarts the supervisors have made after the machine's own failures, in the machine's
+	// life: the operator's (a new pod) and the in-pod supervisor's (inPlaceRestarts, the vending
+	// process restarted inside its pod). Pods replaced for other causes are counted apart
+	// (recreations, rolls, resets).
 	// +optional
 	Restarts int32 `json:"restarts,omitempty"`
+
+	// inPlaceRestarts: how many of restarts the in-pod supervisor made inside a pod.
+	// +optional
+	InPlaceRestarts int32 `json:"inPlaceRestarts,omitempty"`
+
+	// podInPlaceRestarts: the in-place restarts of podName already counted in restarts (the
+	// pod reports its total; the difference is new).
+	// +optional
+	PodInPlaceRestarts int32 `json:"podInPlaceRestarts,omitempty"`
 
 	// recreations of pods lost from outside (deleted, evicted, terminated by their kubelet):
 	// not the machine's fault, not counted against the restart window.
@@ -416,6 +431,7 @@ type VendingMachineStatus struct {
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Restarts",type=integer,JSONPath=`.status.restarts`
+// +kubebuilder:printcolumn:name="In Place",type=integer,JSONPath=`.status.inPlaceRestarts`,priority=1
 // +kubebuilder:printcolumn:name="Last Failure",type=string,JSONPath=`.status.lastFailure.reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type VendingMachine struct {

@@ -40,6 +40,7 @@ func main() {
 		probeAddr       string
 		leaderElect     bool
 		vendingImage    string
+		podClusterRole  string
 		concurrency     int
 		apiQPS          float64
 		apiBurst        int
@@ -52,6 +53,8 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz probes bind to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false,
 		"Elect a leader so that only one replica of the manager acts at a time.")
+	flag.StringVar(&podClusterRole, "vending-pod-cluster-role", controller.DefaultPodClusterRole,
+		"The ClusterRole bound to vending pods' ServiceAccount in each namespace with machines (config/rbac/vending_pod_role.yaml).")
 	flag.StringVar(&vendingImage, "vending-image", controller.DefaultVendingImage,
 		"Image of the vending pod, for machines whose spec.image is empty.")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "How many VendingMachines are reconciled at once.")
@@ -105,12 +108,13 @@ func main() {
 		},
 		Setup: func(mgr ctrl.Manager) error {
 			if err := (&controller.VendingMachineReconciler{
-				Client:       mgr.GetClient(),
-				Scheme:       mgr.GetScheme(),
-				Recorder:     mgr.GetEventRecorder("vendingmachine-controller"),
-				VendingImage: vendingImage,
-				StateReader:  controller.NewHTTPStateReader(),
-				APIReader:    mgr.GetAPIReader(),
+				Client:         mgr.GetClient(),
+				Scheme:         mgr.GetScheme(),
+				Recorder:       mgr.GetEventRecorder("vendingmachine-controller"),
+				VendingImage:   vendingImage,
+				PodClusterRole: podClusterRole,
+				StateReader:    controller.NewHTTPStateReader(),
+				APIReader:      mgr.GetAPIReader(),
 			}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
 				return fmt.Errorf("controller VendingMachine: %w", err)
 			}

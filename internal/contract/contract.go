@@ -88,7 +88,7 @@ const AnnotationInPlace = "vending.resilience.dev/in-place-restarts"
 // MaxInPlaceTimes bounds InPlace.Times: the newest restarts are enough to fold what the
 // operator has not seen yet (it folds on every report) and to count a window's intensity
 // (maxRestarts restarts at most fit before the supervisor gives up).
-const MaxInPlaceTimes = 64
+const MaxInPlaceTimes = 32
 
 // InPlace is what the in-pod supervisor reports about the restarts it made in one pod.
 type InPlace struct {

@@ -9,6 +9,10 @@ import (
 
 // Supervision metrics, served with controller-runtime's on the manager's metrics endpoint.
 var (
+	inPlaceRestartsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vending_in_place_restarts_total",
+		Help: "Vending processes restarted inside their pod by the in-pod supervisor, as the operator counted them, by failure reason.",
+	}, []string{"reason"})
 	restartsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "vending_restarts_total", Help: "Vending pods restarted by the supervisor, by failure reason.",
 	}, []string{"reason"})
@@ -26,7 +30,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(restartsTotal, escalationsTotal, backoffSeconds, conflictsTotal)
+	metrics.Registry.MustRegister(inPlaceRestartsTotal, restartsTotal, escalationsTotal, backoffSeconds, conflictsTotal)
 }
 
 func klogRef(obj client.Object) klog.ObjectRef { return klog.KObj(obj) }

@@ -16,6 +16,7 @@ import (
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/podsupervisor"
 	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
@@ -90,6 +91,10 @@ func buildService(vm *vendingv1alpha1.VendingMachine) *corev1.Service {
 	}
 }
 
+func fieldEnv(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+}
+
 func endpoint(vm *vendingv1alpha1.VendingMachine) string {
 	return fmt.Sprintf("http://%s.%s.svc:%d", serviceName(vm), vm.Namespace, contract.Port)
 }
@@ -116,17 +121,34 @@ func templateHash(vm *vendingv1alpha1.VendingMachine, image string) string {
 		Faults    bool
 		Resources *corev1.ResourceRequirements
 		Spread    []corev1.TopologySpreadConstraint `json:",omitempty"`
+		// The in-pod supervisor applies the policy it was started with: a new policy needs a
+		// new pod for both levels to mean the same thing.
+		Supervision []string
 	}{image, menuArg(vm.Spec.Menu), vm.Spec.Inventory, vm.Spec.EnableFaultInjection, vm.Spec.Resources,
-		vm.Spec.TopologySpreadConstraints})
+		vm.Spec.TopologySpreadConstraints, supervisionSettings(vm, nil).Args()})
 	h := fnv.New64a()
 	_, _ = h.Write(b)
 	return strconv.FormatUint(h.Sum64(), 36)
 }
 
+// supervisionSettings are the in-pod supervisor's flags: the machine's policy, its identity (the
+// backoff's jitter, as the operator seeds it) and the restarts in the window so far, so that
+// the pod and the operator spend one restart budget.
+func supervisionSettings(vm *vendingv1alpha1.VendingMachine, earlier []metav1.Time) podsupervisor.Settings {
+	s := podsupervisor.Settings{Policy: supervisor.PolicyOf(vm), Seed: vm.Namespace + "/" + vm.Name}
+	for _, t := range earlier {
+		s.Earlier = append(s.Earlier, t.Time)
+	}
+	return s
+}
+
 // buildPod is the machine's pod named name (an incarnation the supervisor reserved in status).
-// restartPolicy is Never: every restart is the supervisor's decision, recorded in status, not
-// the kubelet's.
-func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vendingv1alpha1.PodCause) *corev1.Pod {
+// restartPolicy is Never: every restart of the pod is the operator's decision, recorded in
+// status, not the kubelet's. Inside it, PID 1 is the in-pod supervisor (vendingpod
+// --supervise), which restarts the vending process in place by the same policy, counting
+// earlier, the machine's restarts in the window.
+func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vendingv1alpha1.PodCause,
+	earlier []metav1.Time) *corev1.Pod {
 	labels := commonLabels(vm)
 	labels[labelIncarnation] = strings.TrimPrefix(name, vm.Name+"-")
 	annotations := map[string]string{annotationTemplateHash: templateHash(vm, image), annotationCause: string(cause)}
@@ -134,6 +156,7 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vend
 		annotations[annotationReset] = v
 	}
 	args := []string{
+		"--supervise",
 		"--data-dir=/data",
 		"--menu=" + menuArg(vm.Spec.Menu),
 		fmt.Sprintf("--beans=%d", max(vm.Spec.Inventory.Beans, 1)),
@@ -142,6 +165,7 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vend
 	if vm.Spec.EnableFaultInjection {
 		args = append(args, "--enable-faults")
 	}
+	args = append(args, supervisionSettings(vm, earlier).Args()...)
 	resources := corev1.ResourceRequirements{
 		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")},
 		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
@@ -163,7 +187,10 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vend
 			TopologySpreadConstraints:     vm.Spec.TopologySpreadConstraints,
 			TerminationGracePeriodSeconds: ptr.To[int64](5), // crash-only: SIGTERM ends it at once
 			EnableServiceLinks:            ptr.To(false),
-			AutomountServiceAccountToken:  ptr.To(false),
+			// The token (bound to this pod) lets the in-pod supervisor report its restarts on
+			// this pod's annotation, and nothing else: see config/policy and docs/design.md.
+			ServiceAccountName:           PodServiceAccount,
+			AutomountServiceAccountToken: ptr.To(true),
 			SecurityContext: &corev1.PodSecurityContext{
 				RunAsNonRoot:   ptr.To(true),
 				RunAsUser:      ptr.To[int64](65532),
@@ -176,10 +203,17 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vend
 				Image:           image,
 				ImagePullPolicy: corev1.PullIfNotPresent,
 				Args:            args,
-				Env: []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{
-					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
+				Env: []corev1.EnvVar{fieldEnv("POD_IP", "status.podIP"), fieldEnv("POD_NAME", "metadata.name"),
+					fieldEnv("POD_NAMESPACE", "metadata.namespace")},
 				Ports:     []corev1.ContainerPort{{Name: "http", ContainerPort: contract.Port, Protocol: corev1.ProtocolTCP}},
 				Resources: resources,
+				// The supervised process accepts connections once its log is replayed (they wait
+				// in the backlog meanwhile), so a long replay at start is the startup probe's
+				// to wait for, not the liveness probe's to kill: up to 10 minutes.
+				StartupProbe: &corev1.Probe{ProbeHandler: httpGet(contract.PathHealthz),
+					PeriodSeconds: 1, FailureThreshold: 600, TimeoutSeconds: 1},
+				// A probe that meets an in-place restart waits in the backlog: a restart shorter
+				// than the timeout is a slow answer, not a flap of readiness.
 				ReadinessProbe: &corev1.Probe{ProbeHandler: httpGet(contract.PathReadyz),
 					PeriodSeconds: 1, FailureThreshold: 1, TimeoutSeconds: 1},
 				LivenessProbe: &corev1.Probe{ProbeHandler: httpGet(contract.PathHealthz),

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -60,6 +61,12 @@ type VendingMachineReconciler struct {
 	// APIReader reads from the API server, not the cache (the manager's GetAPIReader): a step
 	// that creates a pod is decided on what it reads. Nil: the Client.
 	APIReader client.Reader
+	// PodClusterRole is what the pods' ServiceAccount is bound to in each namespace with
+	// machines (DefaultPodClusterRole when empty).
+	PodClusterRole string
+	// identities are the namespaces whose pod ServiceAccount and RoleBinding this process has
+	// made sure of: two creates per namespace, not per pod (set up by SetupWithManager).
+	identities *sync.Map
 }
 
 // +kubebuilder:rbac:groups=vending.resilience.dev,resources=vendingmachines,verbs=get;list;watch
@@ -346,16 +353,43 @@ func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.
 	if !step.Create {
 		return nil
 	}
-	pod := buildPod(vm, r.image(vm), step.Memory.PodName, step.Memory.PodCause)
+	if err := r.ensurePodIdentity(ctx, vm.Namespace); err != nil {
+		return err
+	}
+	pod := buildPod(vm, r.image(vm), step.Memory.PodName, step.Memory.PodCause, step.Memory.RestartTimes)
 	if err := r.Create(ctx, pod); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return nil // a stale cache: the pod is there, the next pass sees it
+		}
+		if r.identities != nil {
+			r.identities.Delete(vm.Namespace) // the ServiceAccount may be gone: made sure of again
 		}
 		return err
 	}
 	logf.FromContext(ctx).Info("Created Pod", "pod", klogRef(pod), "cause", step.Memory.PodCause)
 	if step.Memory.PodCause == vendingv1alpha1.PodRestarted {
 		restartsTotal.WithLabelValues(failureReason(step.Memory.LastFailure)).Inc()
+	}
+	return nil
+}
+
+// ensurePodIdentity makes sure of the pods' ServiceAccount in namespace once per process (and
+// again after a pod create fails).
+func (r *VendingMachineReconciler) ensurePodIdentity(ctx context.Context, namespace string) error {
+	if r.identities != nil {
+		if _, done := r.identities.Load(namespace); done {
+			return nil
+		}
+	}
+	role := r.PodClusterRole
+	if role == "" {
+		role = DefaultPodClusterRole
+	}
+	if err := EnsurePodIdentity(ctx, r.Client, namespace, role); err != nil {
+		return err
+	}
+	if r.identities != nil {
+		r.identities.Store(namespace, true)
 	}
 	return nil
 }
@@ -372,6 +406,9 @@ func failureReason(f *vendingv1alpha1.Failure) string {
 func (r *VendingMachineReconciler) announce(ctx context.Context, vm *vendingv1alpha1.VendingMachine, step supervisor.Step,
 	o observation, now time.Time) {
 	mem := step.Memory
+	if step.InPlace > 0 {
+		r.announceInPlace(vm, o.pod(mem.PodName), step.InPlace, step.InPlaceLast, mem)
+	}
 	if step.Decided && mem.LastFailure != nil {
 		r.announceDecision(vm, o.pod(mem.LastFailure.PodName), *mem.LastFailure, now)
 	}
@@ -400,6 +437,24 @@ func (r *VendingMachineReconciler) announce(ctx context.Context, vm *vendingv1al
 			annotationReset, mem.ObservedReset, mem.PodName)
 	}
 	logf.FromContext(ctx).Info("Supervisor step", "machine", klogRef(vm), "step", step.String())
+}
+
+// announceInPlace emits RestartedInPlace for restarts the pod's own supervisor made, once per
+// report counted (the memory write that counts them succeeds once). Reports coalesce while the
+// API server is away: the event then says how many, and describes the latest.
+func (r *VendingMachineReconciler) announceInPlace(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, n int32,
+	f *vendingv1alpha1.Failure, mem supervisor.Memory) {
+	inPlaceRestartsTotal.WithLabelValues(failureReason(f)).Add(float64(n))
+	if f == nil {
+		return
+	}
+	what := "the vending process"
+	if n > 1 {
+		what = fmt.Sprintf("%d restarts in place; the latest: the vending process", n)
+	}
+	r.Recorder.Eventf(vm, relatedPod(pod), corev1.EventTypeWarning, "RestartedInPlace", "RestartInPlace",
+		"%s of pod %s failed: %s (exit %d): %s; the pod's supervisor restarted it in place (%d restarts within the window; %s)",
+		what, f.PodName, f.Reason, f.ExitCode, truncate(f.Message, 300), len(mem.RestartTimes), f.DecisionReason)
 }
 
 // lostHow says how the previous pod was lost: stopped from outside with a reason, or gone.
@@ -502,6 +557,7 @@ func truncate(s string, n int) string {
 // SetupWithManager registers the reconciler: it watches machines and the pods, claims and
 // services they own.
 func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Options) error {
+	r.identities = new(sync.Map)
 	return ctrl.NewControllerManagedBy(mgr).
 		// Our own status writes do not wake us: only spec changes and annotations (the reset
 		// a fleet or a human asks for) do, besides the children.

@@ -258,7 +258,9 @@ func TestOperatorRestartMidBackoffResumes(t *testing.T) {
 	latest.Spec.Supervision.Backoff.Initial = &metav1.Duration{Duration: 6 * time.Second}
 	latest.Spec.Supervision.Backoff.Max = &metav1.Duration{Duration: 6 * time.Second}
 	g.Expect(k8sClient.Patch(ctx, latest, patch)).To(Succeed())
-	kubeletFail(g, waitPod(g, vm, 1), contract.ExitOutOfCoffeeBeans, outOfBeansMessage("o-2"))
+	// A new policy rolls the pod (the in-pod supervisor applies the policy it started with).
+	kubeletRun(g, waitPod(g, vm, 2))
+	kubeletFail(g, waitPod(g, vm, 2), contract.ExitOutOfCoffeeBeans, outOfBeansMessage("o-2"))
 	var before *vendingv1alpha1.VendingMachine
 	g.Eventually(func(g Gomega) {
 		before = getMachine(g, vm)
@@ -284,7 +286,7 @@ func TestOperatorRestartMidBackoffResumes(t *testing.T) {
 		g.Expect(after.Status.RestartTimes).To(Equal(before.Status.RestartTimes), "the window was reset")
 	}, 2*time.Second).Should(Succeed())
 
-	waitPod(g, vm, 2)
+	waitPod(g, vm, 3)
 	g.Eventually(func(g Gomega) {
 		got := getMachine(g, vm)
 		g.Expect(got.Status.Restarts).To(BeEquivalentTo(2))

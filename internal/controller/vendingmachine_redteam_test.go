@@ -405,7 +405,7 @@ func TestRedTeamRecreatedMachineWaitsForItsPredecessorsPod(t *testing.T) {
 	vm := rg.machine()
 	old := vm.DeepCopy()
 	old.UID = "uid-of-the-deleted-machine"
-	pred := buildPod(old, DefaultVendingImage, "coffee-5", vendingv1alpha1.PodRestarted)
+	pred := buildPod(old, DefaultVendingImage, "coffee-5", vendingv1alpha1.PodRestarted, nil)
 	rg.g.Expect(k8sClient.Create(ctx, pred)).To(Succeed())
 	kubeletRun(rg.g, rg.podNamed("coffee-5"))
 	rg.g.Expect(claimOf(vm, rg.podNamed("coffee-5"))).To(Equal(pvcName(vm)), "the predecessor's pod mounts the same claim")

@@ -188,7 +188,7 @@ func (cfg Config) giveUp(f contract.TerminationMessage, t *Tracker) error {
 		r := t.Report()
 		f.InPlace = &r
 	}
-	b, _ := json.Marshal(f)
+	b := fit(f)
 	if cfg.TerminationMessagePath != "" {
 		if err := os.WriteFile(cfg.TerminationMessagePath, b, 0o644); err != nil {
 			cfg.Logger.Error("Writing termination message", "path", cfg.TerminationMessagePath, "err", err)
@@ -202,6 +202,34 @@ func (cfg Config) giveUp(f contract.TerminationMessage, t *Tracker) error {
 	}
 	cfg.Exit(code)
 	return errors.New(f.Reason + ": " + f.Message)
+}
+
+// maxTerminationMessage is what the kubelet keeps of a termination message.
+const maxTerminationMessage = 4096
+
+// fit marshals f within what the kubelet keeps: the oldest restart times go first (the count
+// stays exact), then the messages are cut.
+func fit(f contract.TerminationMessage) []byte {
+	for {
+		b, _ := json.Marshal(f)
+		switch {
+		case len(b) <= maxTerminationMessage:
+			return b
+		case f.InPlace != nil && len(f.InPlace.Times) > 1:
+			r := *f.InPlace
+			r.Times = r.Times[1:]
+			f.InPlace = &r
+		case f.InPlace != nil && f.InPlace.Last != nil && len(f.InPlace.Last.Message) > 200:
+			r, last := *f.InPlace, *f.InPlace.Last
+			last.Message = last.Message[:200]
+			r.Last = &last
+			f.InPlace = &r
+		case len(f.Message) > 200:
+			f.Message = f.Message[:200]
+		default:
+			return b
+		}
+	}
 }
 
 // terminate is SIGTERM to the pod (the kubelet stopping it): crash-only, the child is killed

@@ -238,3 +238,34 @@ func PolicyOf(vm *vendingv1alpha1.VendingMachine) supervision.Policy {
 	}
 	return p
 }
+
+// InPlaceOf is what the pod's own supervisor reported of its in-place restarts: the newer of
+// its live annotation and, once it ended, its termination message (nil: none reported).
+func InPlaceOf(pod *corev1.Pod) *contract.InPlace {
+	var best *contract.InPlace
+	consider := func(r *contract.InPlace) {
+		if r != nil && r.Restarts > 0 && (best == nil || r.Restarts > best.Restarts) {
+			best = r
+		}
+	}
+	if v, ok := pod.Annotations[contract.AnnotationInPlace]; ok {
+		var r contract.InPlace
+		if json.Unmarshal([]byte(v), &r) == nil {
+			consider(&r)
+		}
+	}
+	if cs := vendingContainer(pod); cs != nil && cs.State.Terminated != nil {
+		var msg contract.TerminationMessage
+		if json.Unmarshal([]byte(cs.State.Terminated.Message), &msg) == nil {
+			consider(msg.InPlace)
+		}
+	}
+	return best
+}
+
+// failureOfMessage is a failure of pod podName as its termination message tells it.
+func failureOfMessage(m contract.TerminationMessage, podName string) vendingv1alpha1.Failure {
+	return vendingv1alpha1.Failure{Time: metav1.NewTime(m.Time), Reason: m.Reason, ExitCode: int32(m.ExitCode),
+		Message: m.Message, PendingOrder: m.PendingOrder, Sequence: int64(m.Sequence), File: m.File, Offset: m.Offset,
+		PodName: podName}
+}

@@ -45,6 +45,8 @@ type Memory struct {
 	PodRequested  bool
 	PodCause      vendingv1alpha1.PodCause
 	Restarts      int32
+	InPlace       int32 // of Restarts, made by the in-pod supervisor
+	PodInPlace    int32 // in-place restarts of PodName counted so far
 	Recreations   int32
 	Rolls         int32
 	Resets        int32
@@ -56,6 +58,7 @@ type Memory struct {
 // MemoryOf reads the memory from a status.
 func MemoryOf(st *vendingv1alpha1.VendingMachineStatus) Memory {
 	m := Memory{PodName: st.PodName, PodUID: st.PodUID, PodRequested: st.PodRequested, PodCause: st.PodCause, Restarts: st.Restarts,
+		InPlace: st.InPlaceRestarts, PodInPlace: st.PodInPlaceRestarts,
 		Recreations: st.Recreations, Rolls: st.Rolls, Resets: st.Resets, ObservedReset: st.ObservedReset}
 	m.RestartTimes = append(m.RestartTimes, st.RestartTimes...)
 	if st.LastFailure != nil {
@@ -68,6 +71,7 @@ func MemoryOf(st *vendingv1alpha1.VendingMachineStatus) Memory {
 func (m Memory) WriteTo(st *vendingv1alpha1.VendingMachineStatus) {
 	st.PodName, st.PodUID, st.PodRequested, st.PodCause = m.PodName, m.PodUID, m.PodRequested, m.PodCause
 	st.Restarts, st.Recreations, st.Rolls, st.Resets = m.Restarts, m.Recreations, m.Rolls, m.Resets
+	st.InPlaceRestarts, st.PodInPlaceRestarts = m.InPlace, m.PodInPlace
 	st.RestartTimes, st.LastFailure, st.ObservedReset = m.RestartTimes, m.LastFailure, m.ObservedReset
 }
 
@@ -78,10 +82,19 @@ func (m Memory) Equal(o Memory) bool { return equality.Semantic.DeepEqual(m, o) 
 // restart or a reset moves the machine on to the next one. A Stop or an Escalate stays in force
 // when the failed pod is deleted.
 func (m Memory) Pending() *vendingv1alpha1.Failure {
-	if m.LastFailure != nil && m.LastFailure.Action != "" && m.LastFailure.PodName == m.PodName {
+	if decidedPod(m.LastFailure) == m.PodName && m.PodName != "" {
 		return m.LastFailure
 	}
 	return nil
+}
+
+// decidedPod is the pod whose end the failure's decision is about ("" for none). An in-place
+// restart is carried out inside a pod that lives on: it decides nothing about the pod.
+func decidedPod(f *vendingv1alpha1.Failure) string {
+	if f == nil || f.Action == "" || f.InPlace {
+		return ""
+	}
+	return f.PodName
 }
 
 // Escalated: the supervisor gave up on the current incarnation and waits for a reset.
@@ -133,6 +146,10 @@ type Step struct {
 	// Release: pods whose finalizer the supervisor no longer needs (their end is recorded, or
 	// they are not the current incarnation's): removed after the memory write, before deletes.
 	Release []*corev1.Pod
+	// InPlace: restarts the in-pod supervisor reported that this step counts, and the latest's
+	// failure (to announce; the memory's LastFailure may be a newer decision about the pod).
+	InPlace     int32
+	InPlaceLast *vendingv1alpha1.Failure
 	// Progress and, while backing off, when the restart is due.
 	Progress      Progress
 	NextRestartAt *time.Time
@@ -200,6 +217,9 @@ func choose(in Input) *Step {
 	if pod := s.current; pod != nil && s.Memory.PodUID == "" {
 		s.Memory.PodUID = pod.UID
 	}
+	if pod := s.current; pod != nil && pod.UID == s.Memory.PodUID {
+		s.foldInPlace(pod, policy, now)
+	}
 
 	if reset := vm.Annotations[AnnotationReset]; reset != "" && reset != s.Memory.ObservedReset {
 		s.reset(vm, cur, reset, olderRunning)
@@ -248,8 +268,7 @@ func (s *Step) release(in Input) {
 		if !HasFinalizer(p) || !mayRelease(p) {
 			continue
 		}
-		decided := s.Memory.LastFailure != nil && s.Memory.LastFailure.Action != "" && s.Memory.LastFailure.PodName == p.Name
-		if p.Name != s.Memory.PodName || decided {
+		if p.Name != s.Memory.PodName || decidedPod(s.Memory.LastFailure) == p.Name {
 			s.Release = append(s.Release, p)
 		}
 	}
@@ -277,10 +296,7 @@ func MayRelease(p *corev1.Pod, deletingGracefully bool) bool {
 // machine may still run on the claim (the log has one writer), and only a terminal pod, or one
 // the supervisor saw fail, is deleted without its grace period.
 func (s *Step) singleWriter(pods, others []corev1.Pod) {
-	failed := ""
-	if d := s.Memory.LastFailure; d != nil && d.Action != "" {
-		failed = d.PodName // seen failed: a view of it running is stale
-	}
+	failed := decidedPod(s.Memory.LastFailure) // seen failed: a view of it running is stale
 	for i := range s.Delete {
 		if p := s.Delete[i].Pod; !Terminal(p) && p.Name != failed {
 			s.Delete[i].Graceful = true
@@ -308,6 +324,7 @@ func (s *Step) singleWriter(pods, others []corev1.Pod) {
 // next moves the memory to incarnation n, for cause.
 func (s *Step) next(vm *vendingv1alpha1.VendingMachine, n int32, cause vendingv1alpha1.PodCause, p Progress) {
 	s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested, s.Memory.PodCause = PodName(vm, n), "", false, cause
+	s.Memory.PodInPlace = 0
 	s.Transition, s.Progress = cause, p
 }
 
@@ -405,6 +422,35 @@ func (s *Step) restart(vm *vendingv1alpha1.VendingMachine, cur int32, d *vending
 	s.current = nil
 	s.Create = !olderRunning
 	return true
+}
+
+// foldInPlace counts the restarts the pod's own supervisor made inside it and has not counted
+// yet, as restarts of the machine in its window: one budget over both levels. The pod reports
+// its total (live on its annotation, finally in its termination message); the memory keeps how
+// many of this pod's are counted, so a report seen twice counts once.
+func (s *Step) foldInPlace(pod *corev1.Pod, policy supervision.Policy, now time.Time) {
+	r := InPlaceOf(pod)
+	if r == nil || r.Restarts <= s.Memory.PodInPlace {
+		return
+	}
+	n := r.Restarts - s.Memory.PodInPlace
+	s.Memory.Restarts += n
+	s.Memory.InPlace += n
+	s.Memory.PodInPlace = r.Restarts
+	s.InPlace = n
+	times := r.Times[max(0, len(r.Times)-int(n)):] // the newest n are the new ones
+	for _, t := range supervision.RecentRestarts(times, policy.Window, now) {
+		s.Memory.RestartTimes = append(s.Memory.RestartTimes, metav1.NewTime(t))
+	}
+	if l := r.Last; l != nil {
+		f := failureOfMessage(l.TerminationMessage, pod.Name)
+		f.Action = vendingv1alpha1.SupervisorAction(l.Action)
+		f.DecisionReason, f.DecisionMessage, f.InPlace = l.DecisionReason, l.DecisionMessage, true
+		if !l.RestartAt.IsZero() {
+			f.RestartAt = &metav1.MicroTime{Time: l.RestartAt}
+		}
+		s.Memory.LastFailure, s.InPlaceLast = &f, f.DeepCopy()
+	}
 }
 
 func progressOf(c vendingv1alpha1.PodCause) Progress {
