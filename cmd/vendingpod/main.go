@@ -42,17 +42,19 @@ func main() {
 	flag.BoolVar(&cfg.EnableFaults, "enable-faults", false, "Serve POST /v1/faults/out-of-beans (demos and tests).")
 	flag.StringVar(&cfg.TerminationMessagePath, "termination-message-path", contract.DefaultTerminationMessagePath,
 		"Where the failure's JSON termination message is written before the process exits.")
-	supervise := flag.Bool("supervise", false,
-		"Run as the pod's supervisor (PID 1): hold the socket, run the vending service as a child, restart it in place per the supervision flags.")
+	supervise := flag.Bool("supervise", false, "Run as the pod's supervisor (PID 1): hold the socket, run the vending service "+
+		"as a child, restart it in place per the supervision flags.")
 	var settings podsupervisor.Settings
 	parseSettings := podsupervisor.Register(flag.CommandLine, &settings)
 	listenFD := flag.Int("listen-fd", 0, "Serve on this inherited listening socket (the supervisor's child).")
-	reportFD := flag.Int("report-fd", 0, "Report the failure on this inherited pipe instead of the termination-message path (the supervisor's child).")
+	reportFD := flag.Int("report-fd", 0,
+		"Report the failure on this inherited pipe instead of the termination-message path (the supervisor's child).")
 	flag.Parse()
 
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	if *supervise {
-		os.Exit(runSupervisor(cfg, &settings, parseSettings))
+		runSupervisor(cfg, &settings, parseSettings)
+		os.Exit(contract.ExitConfigError) // runSupervisor exits; this is a backstop
 	}
 	var err error
 	if cfg.Machine.Menu, err = vendingpod.ParseMenu(menu); err != nil || cfg.MailboxSize < 1 {
@@ -78,15 +80,15 @@ func main() {
 
 // runSupervisor is PID 1 of a supervised pod: the vending service runs as its child, with the
 // same flags (the supervisor's own are ignored by the child).
-func runSupervisor(cfg vendingpod.Config, settings *podsupervisor.Settings, parse func() error) int {
+func runSupervisor(cfg vendingpod.Config, settings *podsupervisor.Settings, parse func() error) {
 	if err := parse(); err != nil {
 		fmt.Fprintln(os.Stderr, "vendingpod:", err)
-		return contract.ExitConfigError
+		return
 	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vendingpod:", err)
-		return contract.ExitConfigError
+		return
 	}
 	command := []string{self}
 	for _, a := range os.Args[1:] {
@@ -107,5 +109,4 @@ func runSupervisor(cfg vendingpod.Config, settings *podsupervisor.Settings, pars
 		}
 	}
 	_ = podsupervisor.Run(sup)
-	return contract.ExitConfigError // Run exits; this is a backstop
 }

@@ -1,6 +1,6 @@
 // Command demo plays the talk's three scenarios as a customer of a running VendingMachine and
-// says what happens: coins in, the validation error, the failure, the operator's restart, the
-// Latte arriving. make demo runs it after deploying the operator and a machine.
+// says what happens: coins in, the validation error, the failure, the restart in place by the
+// supervisor inside the pod, the Latte arriving. make demo runs it after deploying the operator and a machine.
 //
 //	go run ./hack/demo -namespace demo -machine coffee
 package main
@@ -52,9 +52,10 @@ func run(ns, name string) error {
 	start := time.Now()
 	first := c.Post(ctx, "v1/orders", `{"beverage":"Latte"}`, "demo-latte")
 	show("POST /v1/orders Latte", first)
-	fmt.Println("   the pod wrote the order to its log, then crashed (exit 10, OutOfCoffeeBeans);")
-	fmt.Println("   the operator restarts it on the same log; the customer retries with the same Idempotency-Key")
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(250 * time.Millisecond) {
+	fmt.Println("   the vending process wrote the order to its log, then crashed (exit 10, OutOfCoffeeBeans);")
+	fmt.Println("   the supervisor next to it (its pod's PID 1) restarts it in place on the same log and socket;")
+	fmt.Println("   the customer retries with the same Idempotency-Key")
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
 		r := c.Post(ctx, "v1/orders", `{"beverage":"Latte"}`, "demo-latte")
 		if r.Code == 200 {
 			show("retry POST /v1/orders Latte", r)
@@ -69,9 +70,15 @@ func run(ns, name string) error {
 	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, vm); err != nil {
 		return err
 	}
+	for deadline := time.Now().Add(10 * time.Second); vm.Status.LastFailure == nil && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond) // the pod's report reaches the status in a moment
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, vm); err != nil {
+			return err
+		}
+	}
 	if f := vm.Status.LastFailure; f != nil {
-		say("What the supervisor recorded: restarts %d, last failure %s (exit %d, pending order %s, action %s)",
-			vm.Status.Restarts, f.Reason, f.ExitCode, f.PendingOrder, f.Action)
+		say("What the operator recorded: restarts %d (in place %d), pod %s, last failure %s (exit %d, pending order %s, action %s, in place %v)",
+			vm.Status.Restarts, vm.Status.InPlaceRestarts, vm.Status.PodName, f.Reason, f.ExitCode, f.PendingOrder, f.Action, f.InPlace)
 	}
 	show("GET /v1/state", c.Get(ctx, "v1/state"))
 	return nil

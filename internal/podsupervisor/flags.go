@@ -48,13 +48,15 @@ func (s Settings) Args() []string {
 func Register(fs *flag.FlagSet, s *Settings) func() error {
 	fs.IntVar(&s.Policy.MaxRestarts, "max-restarts", 10, "Supervised: restarts allowed within --restart-window before giving up.")
 	fs.DurationVar(&s.Policy.Window, "restart-window", time.Minute, "Supervised: the time range restarts are counted over.")
-	fs.DurationVar(&s.Policy.BackoffMin, "backoff-initial", 250*time.Millisecond, "Supervised: the delay before the first restart in the window.")
+	fs.DurationVar(&s.Policy.BackoffMin, "backoff-initial", 250*time.Millisecond,
+		"Supervised: the delay before the first restart in the window.")
 	fs.DurationVar(&s.Policy.BackoffMax, "backoff-max", 30*time.Second, "Supervised: the longest delay.")
 	fs.IntVar(&s.Policy.JitterPercent, "backoff-jitter-percent", 10, "Supervised: spread of the delay, in percent.")
 	decider := fs.String("decider", "OutOfCoffeeBeans=Restart,Killed=Restart,Terminated=Restart",
 		"Supervised: Reason=Restart|Stop|Escalate,...; an unlisted reason escalates.")
 	fs.StringVar(&s.Seed, "supervision-seed", "", "Supervised: the machine's namespace/name (the backoff's jitter).")
-	earlier := fs.String("earlier-restarts", "", "Supervised: the machine's restarts in the window before this pod (RFC 3339, comma-separated).")
+	earlier := fs.String("earlier-restarts", "",
+		"Supervised: the machine's restarts in the window before this pod (RFC 3339, comma-separated).")
 	return func() error {
 		s.Policy.Decider = map[string]supervision.Action{}
 		for _, part := range strings.Split(*decider, ",") {

@@ -131,8 +131,8 @@ func (p *pod) child() int {
 
 // children of pid: each of its threads lists the children it started.
 func children(pid int) []string {
-	var out []string
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	out := make([]string, 0, 1)
 	for _, t := range tasks {
 		b, _ := os.ReadFile(t)
 		out = append(out, strings.Fields(string(b))...)

@@ -214,12 +214,7 @@ func choose(in Input) *Step {
 			}
 		}
 	}
-	if pod := s.current; pod != nil && s.Memory.PodUID == "" {
-		s.Memory.PodUID = pod.UID
-	}
-	if pod := s.current; pod != nil && pod.UID == s.Memory.PodUID {
-		s.foldInPlace(pod, policy, now)
-	}
+	s.seeCurrent(policy, now)
 
 	if reset := vm.Annotations[AnnotationReset]; reset != "" && reset != s.Memory.ObservedReset {
 		s.reset(vm, cur, reset, olderRunning)
@@ -422,6 +417,20 @@ func (s *Step) restart(vm *vendingv1alpha1.VendingMachine, cur int32, d *vending
 	s.current = nil
 	s.Create = !olderRunning
 	return true
+}
+
+// seeCurrent records the current pod's UID once it is seen, and counts what it reports.
+func (s *Step) seeCurrent(policy supervision.Policy, now time.Time) {
+	pod := s.current
+	if pod == nil {
+		return
+	}
+	if s.Memory.PodUID == "" {
+		s.Memory.PodUID = pod.UID
+	}
+	if pod.UID == s.Memory.PodUID {
+		s.foldInPlace(pod, policy, now)
+	}
 }
 
 // foldInPlace counts the restarts the pod's own supervisor made inside it and has not counted

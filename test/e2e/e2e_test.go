@@ -71,8 +71,9 @@ func TestTheTalksThreeTests(t *testing.T) {
 		HaveBody(ContainSubstring("Please insert [1] coins"))))
 
 	// System failure: 1 more coin, the beans run out, the Latte order crashes the machine. The
-	// supervisor restarts it, the log is replayed, and the customer's retry of the same order
-	// gets the Latte.
+	// supervisor next to it (PID 1 of its pod) restarts it in place, the log is replayed, and
+	// the customer's retry of the same order gets the Latte.
+	pod := machineStatus(g, vm).PodName
 	g.Expect(m.post("v1/coins", `{"count":1}`, "coins-3")).To(HaveStatus(200))
 	g.Expect(m.post("v1/faults/out-of-beans", "", "")).To(HaveStatus(202))
 	asked := time.Now()
@@ -86,8 +87,12 @@ func TestTheTalksThreeTests(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		g.Expect(k8s.Get(context.Background(), client.ObjectKeyFromObject(vm), got)).To(Succeed())
 		g.Expect(got.Status.Restarts).To(BeEquivalentTo(1))
+		g.Expect(got.Status.InPlaceRestarts).To(BeEquivalentTo(1), "the restart was to be in place")
+		g.Expect(got.Status.PodName).To(Equal(pod), "the restart was to be in place")
 		g.Expect(got.Status.LastFailure).NotTo(BeNil())
 		g.Expect(got.Status.LastFailure.Reason).To(Equal(contract.ReasonOutOfCoffeeBeans))
+		g.Expect(got.Status.LastFailure.InPlace).To(BeTrue())
+		g.Expect(eventReasons(g, vm)).To(ContainElement("RestartedInPlace"))
 	}).Should(Succeed())
 
 	// Nothing acknowledged was lost: 2+1+1 coins in, two beverages paid for at 2 each.
@@ -160,6 +165,12 @@ func eventReasons(g Gomega, vm *vendingv1alpha1.VendingMachine) []string {
 		}
 	}
 	return out
+}
+
+func machineStatus(g Gomega, vm *vendingv1alpha1.VendingMachine) vendingv1alpha1.VendingMachineStatus {
+	got := &vendingv1alpha1.VendingMachine{}
+	g.Expect(k8s.Get(context.Background(), client.ObjectKeyFromObject(vm), got)).To(Succeed())
+	return got.Status
 }
 
 func waitReady(g Gomega, vm *vendingv1alpha1.VendingMachine) {

@@ -5,8 +5,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,8 +52,16 @@ func TestAPIServerOutage(t *testing.T) {
 	vm := createMachine(t, func(vm *vendingv1alpha1.VendingMachine) {
 		vm.Spec.Supervision.MaxRestarts = ptr.To[int32](10)
 	})
+	// A second machine, whose vending process (not its container) is killed during the outage:
+	// its pod's own supervisor heals it with no API server, and its status catches up after.
+	inPlace := createMachineNamed(t, vm.Namespace, "inplace", nil)
 	waitReady(g, vm)
+	waitReady(g, inPlace)
 	c := customer.Client{Clientset: clientset, Namespace: vm.Namespace, Service: vm.Name}
+	inPlaceStatus := machine(g, inPlace).Status
+	inPlacePID1 := podPID1(g, inPlace)
+	inPlacePod := &corev1.Pod{}
+	g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: vm.Namespace, Name: inPlaceStatus.PodName}, inPlacePod)).To(Succeed())
 
 	// Something acknowledged in the log: an Espresso paid for, and a coin inserted for the next.
 	g.Expect(c.PostUntil(ctx, "v1/coins", `{"count":3}`, "outage-coins", time.Minute)).To(HaveStatus(200))
@@ -71,6 +82,20 @@ func TestAPIServerOutage(t *testing.T) {
 	time.Sleep(outage / 2)
 	t.Log("outage: SIGKILL the vending container while the API server is away")
 	killTask(g, container)
+	t.Log("outage: SIGKILL the other machine's vending process; it must serve a durable reply again, API server or not")
+	killChildOf(g, inPlacePID1)
+	direct := &http.Client{Timeout: 2 * time.Second}
+	url := "http://" + net.JoinHostPort(inPlacePod.Status.PodIP, strconv.Itoa(contract.Port)) + "/v1/coins"
+	g.Eventually(func() int {
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"count":1}`))
+		req.Header.Set("Idempotency-Key", "during-outage")
+		resp, err := direct.Do(req)
+		if err != nil {
+			return 0
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}).WithTimeout(10*time.Second).Should(Equal(200), "the machine did not heal in place while the API server was away")
 	time.Sleep(outage / 2)
 
 	// Start the API server in the background and catch the first moment it answers /readyz
@@ -96,6 +121,13 @@ func TestAPIServerOutage(t *testing.T) {
 	t.Logf("outage: the machine was Ready %v after the API server answered /readyz again; its status named the new pod after %v",
 		recovered.Round(10*time.Millisecond), replaced.Sub(answered).Round(10*time.Millisecond))
 	logRecovery(t, g, vm, answered)
+
+	// The in-place restart reaches the status once the API server is back; the pod stayed.
+	g.Eventually(func(g Gomega) {
+		got := machine(g, inPlace)
+		g.Expect(got.Status.InPlaceRestarts).To(Equal(inPlaceStatus.InPlaceRestarts + 1))
+		g.Expect(got.Status.PodName).To(Equal(inPlaceStatus.PodName))
+	}).WithTimeout(3 * time.Minute).Should(Succeed())
 
 	// The operator rode it out in its process: same pods, not one container restart.
 	g.Expect(operatorPods(g)).To(Equal(operator), "the operator's pods and their restart counts (uid -> restarts)")
