@@ -17,8 +17,8 @@ import (
 const PodServiceAccount = "vending-pod"
 
 // DefaultPodClusterRole is the ClusterRole of config/rbac/vending_pod_role.yaml as `make deploy`
-// names it (kustomize's namePrefix): get and patch on pods, narrowed by the admission policy to
-// the report annotation of the pod's own pod.
+// names it (kustomize's namePrefix): patch on pods, narrowed by the admission policy to the
+// report annotation of the pod's own pod.
 const DefaultPodClusterRole = "vending-operator-vending-pod"
 
 // The operator creates, and never reads, lists, updates or deletes, the pods' ServiceAccount and
