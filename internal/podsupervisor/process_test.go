@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/testbinary"
 )
 
 // These tests run the real vendingpod binary as PID 1 of a "pod" (--supervise) on a temp
@@ -27,20 +28,7 @@ import (
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "podsupervisor-bin-")
-	if err != nil {
-		panic(err)
-	}
-	binary = filepath.Join(dir, "vendingpod")
-	if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/vendingpod").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building vendingpod: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbinary.Main(m, "../../cmd/vendingpod", &binary) }
 
 type pod struct {
 	t       *testing.T

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,6 +35,10 @@ func NewAnnotator(ctx context.Context, namespace, name string, logger *slog.Logg
 	if err != nil {
 		return nil, err
 	}
+	return newAnnotator(ctx, cfg, namespace, name, logger)
+}
+
+func newAnnotator(ctx context.Context, cfg *rest.Config, namespace, name string, logger *slog.Logger) (*Annotator, error) {
 	cfg.UserAgent = "vendingpod-supervisor"
 	// client-go's transport (the CA, the rotating bound token) without its typed clients: every
 	// in-place restart starts this binary again, and the typed clients' package initialisation
@@ -65,13 +70,20 @@ func NewAnnotator(ctx context.Context, namespace, name string, logger *slog.Logg
 		defer func() { _ = resp.Body.Close() }()
 		if resp.StatusCode/100 != 2 {
 			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-			return fmt.Errorf("PATCH %s: %s: %s", u, resp.Status, bytes.TrimSpace(msg))
+			err := fmt.Errorf("PATCH %s: %s: %s", u, resp.Status, bytes.TrimSpace(msg))
+			if resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusConflict && resp.StatusCode != http.StatusTooManyRequests {
+				return refused{err}
+			}
+			return err
 		}
 		return nil
 	}
 	go a.run(ctx, patch, logger)
 	return a, nil
 }
+
+// refused is an answer that a retry of the same request would get again.
+type refused struct{ error }
 
 // Report hands over the newest report; it never blocks.
 func (a *Annotator) Report(r contract.InPlace) {
@@ -99,6 +111,12 @@ func (a *Annotator) run(ctx context.Context, patch func(context.Context, contrac
 		for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
 			err := patch(ctx, r)
 			if err == nil {
+				break
+			}
+			if errors.As(err, new(refused)) {
+				// Retrying cannot help (no RoleBinding, the policy refuses): the report waits
+				// for the next restart, and reaches the operator in the termination message.
+				logger.Warn("Reporting in-place restarts on the pod was refused; not retrying", "restarts", r.Restarts, "err", err)
 				break
 			}
 			logger.Warn("Reporting in-place restarts on the pod; retrying", "restarts", r.Restarts, "err", err, "in", delay)

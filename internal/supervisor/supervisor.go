@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/supervision"
 )
 
@@ -447,7 +448,9 @@ func (s *Step) foldInPlace(pod *corev1.Pod, policy supervision.Policy, now time.
 	s.Memory.InPlace += n
 	s.Memory.PodInPlace = r.Restarts
 	s.InPlace = n
-	times := r.Times[max(0, len(r.Times)-int(n)):] // the newest n are the new ones
+	// The newest n are the new ones; the pod keeps no more than MaxInPlaceTimes, and a report
+	// is the pod's word, so no more than that is taken from it.
+	times := r.Times[max(0, len(r.Times)-int(min(n, contract.MaxInPlaceTimes))):]
 	for _, t := range supervision.RecentRestarts(times, policy.Window, now) {
 		s.Memory.RestartTimes = append(s.Memory.RestartTimes, metav1.NewTime(t))
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/testbinary"
 )
 
 // These tests run the real vendingpod binary as a child process on a temp directory: it really
@@ -25,20 +26,7 @@ import (
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "vendingpod-bin-")
-	if err != nil {
-		panic(err)
-	}
-	binary = filepath.Join(dir, "vendingpod")
-	if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/vendingpod").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building vendingpod: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbinary.Main(m, "../../cmd/vendingpod", &binary) }
 
 // pod is one run of the binary.
 type pod struct {
