@@ -195,14 +195,17 @@ func (m *Machine) RestoreSnapshot(b []byte) error {
 	if (version < 1 || version > snapshotVersion) && d.err == nil {
 		return fmt.Errorf("%w: snapshot version %d, want 1 to %d", ErrBadEncoding, version, snapshotVersion)
 	}
-	s := State{Orders: map[string]*Order{}, Dispensed: map[string]int64{}, keys: map[string]keyRecord{},
-		pending: map[string]*Order{}}
+	// The maps are sized from the counts as they are read: growing a map of 100,000 keys one
+	// insert at a time was half of a restart's replay (a restart in place is a customer waiting).
+	s := State{pending: map[string]*Order{}}
 	s.Seq = d.uvarint()
 	s.Inserted, s.TotalCoins, s.Beans, s.Milk = d.varint(), d.varint(), d.varint(), d.varint()
 	if version >= 3 {
 		s.ExpiredThrough = d.uvarint()
 	}
-	for n := d.count(); n > 0 && d.err == nil; n-- {
+	n := d.count()
+	s.Orders = make(map[string]*Order, n)
+	for ; n > 0 && d.err == nil; n-- {
 		o := &Order{ID: d.string(), Beverage: d.string(), Price: d.varint(), Change: d.varint(), UsesMilk: d.bool()}
 		o.Status = OrderPending
 		if d.bool() {
@@ -222,11 +225,15 @@ func (m *Machine) RestoreSnapshot(b []byte) error {
 			s.pending[o.ID] = o
 		}
 	}
-	for n := d.count(); n > 0 && d.err == nil; n-- {
+	n = d.count()
+	s.Dispensed = make(map[string]int64, n)
+	for ; n > 0 && d.err == nil; n-- {
 		k := d.string()
 		s.Dispensed[k] = d.varint()
 	}
-	for n := d.count(); n > 0 && d.err == nil; n-- {
+	n = d.count()
+	s.keys = make(map[string]keyRecord, n)
+	for ; n > 0 && d.err == nil; n-- {
 		k := d.string()
 		r := keyRecord{Kind: Kind(d.byte()), Count: d.varint(), Inserted: d.varint(), Seq: d.uvarint(), OrderID: d.string()}
 		if version >= 2 {
