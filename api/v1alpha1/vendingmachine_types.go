@@ -350,6 +350,14 @@ type VendingMachineStatus struct {
 	// +optional
 	PodInPlaceRestarts int32 `json:"podInPlaceRestarts,omitempty"`
 
+	// previousPodName is the pod podName replaced, and previousPodInPlaceRestarts the in-place
+	// restarts of it counted: a pod replaced (rolled, reset, recreated) may tell restarts it
+	// could not report live only in its termination message, after it was replaced.
+	// +optional
+	PreviousPodName string `json:"previousPodName,omitempty"`
+	// +optional
+	PreviousPodInPlaceRestarts int32 `json:"previousPodInPlaceRestarts,omitempty"`
+
 	// recreations of pods lost from outside (deleted, evicted, terminated by their kubelet):
 	// not the machine's fault, not counted against the restart window.
 	// +optional

@@ -113,8 +113,13 @@ func Run(cfg Config) error {
 			}
 		}
 		t.Restarted(f, d, cfg.Now())
+		r := t.Report()
+		// The history is in the termination message at once too: if PID 1 is killed in its
+		// turn (the grace period's SIGKILL, an OOM kill of the whole container) the operator
+		// still counts these restarts. A failure that ends the pod overwrites it.
+		cfg.writeTerminationMessage(contract.TerminationMessage{Time: cfg.Now(), InPlace: &r})
 		if cfg.Report != nil {
-			cfg.Report(t.Report())
+			cfg.Report(r)
 		}
 	}
 }
@@ -188,12 +193,7 @@ func (cfg Config) giveUp(f contract.TerminationMessage, t *Tracker) error {
 		r := t.Report()
 		f.InPlace = &r
 	}
-	b := fit(f)
-	if cfg.TerminationMessagePath != "" {
-		if err := os.WriteFile(cfg.TerminationMessagePath, b, 0o644); err != nil {
-			cfg.Logger.Error("Writing termination message", "path", cfg.TerminationMessagePath, "err", err)
-		}
-	}
+	cfg.writeTerminationMessage(f)
 	cfg.Logger.Error("Vending machine failed", "reason", f.Reason, "exitCode", f.ExitCode, "message", f.Message,
 		"inPlaceRestarts", f.InPlace != nil && f.InPlace.Restarts > 0)
 	code := f.ExitCode
@@ -202,6 +202,15 @@ func (cfg Config) giveUp(f contract.TerminationMessage, t *Tracker) error {
 	}
 	cfg.Exit(code)
 	return errors.New(f.Reason + ": " + f.Message)
+}
+
+func (cfg Config) writeTerminationMessage(f contract.TerminationMessage) {
+	if cfg.TerminationMessagePath == "" {
+		return
+	}
+	if err := os.WriteFile(cfg.TerminationMessagePath, fit(f), 0o644); err != nil {
+		cfg.Logger.Error("Writing termination message", "path", cfg.TerminationMessagePath, "err", err)
+	}
 }
 
 // maxTerminationMessage is what the kubelet keeps of a termination message.

@@ -43,8 +43,10 @@ func (t *Tracker) Decide(f contract.TerminationMessage, now time.Time) supervisi
 	return supervision.Decide(t.policy, history, supervision.Failure{Reason: f.Reason, At: f.Time}, t.seed, now)
 }
 
-// Restarted records a restart made at at, about failure f decided as d.
+// Restarted records a restart made at at, about failure f decided as d. The time is kept to
+// the second, as the operator's status keeps it, so that both levels count the same window.
 func (t *Tracker) Restarted(f contract.TerminationMessage, d supervision.Decision, at time.Time) {
+	at = at.Truncate(time.Second)
 	t.report.Restarts++
 	t.report.Times = append(t.report.Times, at)
 	if n := len(t.report.Times); n > contract.MaxInPlaceTimes {

@@ -10,6 +10,7 @@ import (
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/podsupervisor"
 )
 
 // inPlace is the in-pod supervisor's report of n restarts, the latest at times' last.
@@ -105,5 +106,17 @@ func TestInPlaceCountIsPerPod(t *testing.T) {
 	s := Next(Input{Machine: vm, Pods: []corev1.Pod{p}, TemplateHash: hash, Now: end.Add(2 * time.Second)})
 	if !s.Create || s.Memory.PodName != "m-2" || s.Memory.PodInPlace != 0 || s.Memory.InPlace != 1 || s.Memory.Restarts != 2 {
 		t.Fatalf("restart: %s memory %+v", s, s.Memory)
+	}
+}
+
+// The pod keeps its restart times to the second, as the operator's status does: both levels
+// count the same history at a window's edge.
+func TestInPlaceTimesAreWholeSeconds(t *testing.T) {
+	tr := podsupervisor.NewTracker(PolicyOf(machine(nil)), "ns/m", nil)
+	at := t0.Add(900 * time.Millisecond)
+	f := contract.TerminationMessage{Reason: contract.ReasonKilled, Time: at}
+	tr.Restarted(f, tr.Decide(f, at), at)
+	if got := tr.Report().Times[0]; !got.Equal(t0) {
+		t.Fatalf("restart time %v, want %v (the second the status keeps)", got, t0)
 	}
 }

@@ -158,7 +158,8 @@ func FailureOf(pod *corev1.Pod) (supervision.Failure, vendingv1alpha1.Failure) {
 		at = t.FinishedAt.Time
 		api.ExitCode = t.ExitCode
 		var msg contract.TerminationMessage
-		if strings.HasPrefix(strings.TrimSpace(t.Message), "{") && json.Unmarshal([]byte(t.Message), &msg) == nil && msg.Reason != "" {
+		parsed := strings.HasPrefix(strings.TrimSpace(t.Message), "{") && json.Unmarshal([]byte(t.Message), &msg) == nil
+		if parsed && msg.Reason != "" {
 			if f.Reason == "" {
 				f.Reason = msg.Reason
 				api.Message = msg.Message
@@ -166,8 +167,12 @@ func FailureOf(pod *corev1.Pod) (supervision.Failure, vendingv1alpha1.Failure) {
 			api.PendingOrder, api.Sequence = msg.PendingOrder, int64(msg.Sequence)
 			api.File, api.Offset = msg.File, msg.Offset
 		} else if f.Reason == "" {
+			// No report of the failure: the exit says what it was. (A pod's supervisor that was
+			// killed leaves only its in-place history, which is no message for humans.)
 			f.Reason = reasonFromExit(t)
-			api.Message = lastLine(t.Message)
+			if !parsed {
+				api.Message = lastLine(t.Message)
+			}
 		}
 	}
 	if f.Reason == "" {

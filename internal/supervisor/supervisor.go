@@ -12,6 +12,7 @@ package supervisor
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -41,25 +42,28 @@ type Input struct {
 
 // Memory is what the supervisor must not forget; it lives in the machine's status.
 type Memory struct {
-	PodName       string
-	PodUID        types.UID
-	PodRequested  bool
-	PodCause      vendingv1alpha1.PodCause
-	Restarts      int32
-	InPlace       int32 // of Restarts, made by the in-pod supervisor
-	PodInPlace    int32 // in-place restarts of PodName counted so far
-	Recreations   int32
-	Rolls         int32
-	Resets        int32
-	RestartTimes  []metav1.Time
-	LastFailure   *vendingv1alpha1.Failure
-	ObservedReset string
+	PodName        string
+	PodUID         types.UID
+	PodRequested   bool
+	PodCause       vendingv1alpha1.PodCause
+	Restarts       int32
+	InPlace        int32 // of Restarts, made by the in-pod supervisor
+	PodInPlace     int32 // in-place restarts of PodName counted so far
+	PrevPod        string
+	PrevPodInPlace int32 // in-place restarts of PrevPod counted so far
+	Recreations    int32
+	Rolls          int32
+	Resets         int32
+	RestartTimes   []metav1.Time
+	LastFailure    *vendingv1alpha1.Failure
+	ObservedReset  string
 }
 
 // MemoryOf reads the memory from a status.
 func MemoryOf(st *vendingv1alpha1.VendingMachineStatus) Memory {
 	m := Memory{PodName: st.PodName, PodUID: st.PodUID, PodRequested: st.PodRequested, PodCause: st.PodCause, Restarts: st.Restarts,
 		InPlace: st.InPlaceRestarts, PodInPlace: st.PodInPlaceRestarts,
+		PrevPod: st.PreviousPodName, PrevPodInPlace: st.PreviousPodInPlaceRestarts,
 		Recreations: st.Recreations, Rolls: st.Rolls, Resets: st.Resets, ObservedReset: st.ObservedReset}
 	m.RestartTimes = append(m.RestartTimes, st.RestartTimes...)
 	if st.LastFailure != nil {
@@ -73,6 +77,7 @@ func (m Memory) WriteTo(st *vendingv1alpha1.VendingMachineStatus) {
 	st.PodName, st.PodUID, st.PodRequested, st.PodCause = m.PodName, m.PodUID, m.PodRequested, m.PodCause
 	st.Restarts, st.Recreations, st.Rolls, st.Resets = m.Restarts, m.Recreations, m.Rolls, m.Resets
 	st.InPlaceRestarts, st.PodInPlaceRestarts = m.InPlace, m.PodInPlace
+	st.PreviousPodName, st.PreviousPodInPlaceRestarts = m.PrevPod, m.PrevPodInPlace
 	st.RestartTimes, st.LastFailure, st.ObservedReset = m.RestartTimes, m.LastFailure, m.ObservedReset
 }
 
@@ -216,6 +221,7 @@ func choose(in Input) *Step {
 		}
 	}
 	s.seeCurrent(policy, now)
+	s.seePrevious(in.Pods, policy, now)
 
 	if reset := vm.Annotations[AnnotationReset]; reset != "" && reset != s.Memory.ObservedReset {
 		s.reset(vm, cur, reset, olderRunning)
@@ -319,8 +325,12 @@ func (s *Step) singleWriter(pods, others []corev1.Pod) {
 
 // next moves the memory to incarnation n, for cause.
 func (s *Step) next(vm *vendingv1alpha1.VendingMachine, n int32, cause vendingv1alpha1.PodCause, p Progress) {
-	s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested, s.Memory.PodCause = PodName(vm, n), "", false, cause
+	if s.Memory.PodUID != "" {
+		// The pod being replaced may still tell restarts in its termination message.
+		s.Memory.PrevPod, s.Memory.PrevPodInPlace = s.Memory.PodName, s.Memory.PodInPlace
+	}
 	s.Memory.PodInPlace = 0
+	s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested, s.Memory.PodCause = PodName(vm, n), "", false, cause
 	s.Transition, s.Progress = cause, p
 }
 
@@ -430,7 +440,19 @@ func (s *Step) seeCurrent(policy supervision.Policy, now time.Time) {
 		s.Memory.PodUID = pod.UID
 	}
 	if pod.UID == s.Memory.PodUID {
-		s.foldInPlace(pod, policy, now)
+		s.foldInPlace(pod, &s.Memory.PodInPlace, policy, now)
+	}
+}
+
+// seePrevious counts what the replaced pod reports after it was replaced (its termination
+// message, when it could not report live). Its failure is no longer the machine's last.
+func (s *Step) seePrevious(pods []corev1.Pod, policy supervision.Policy, now time.Time) {
+	for i := range pods {
+		if p := &pods[i]; p.Name == s.Memory.PrevPod && p.Name != s.Memory.PodName {
+			last := s.Memory.LastFailure
+			s.foldInPlace(p, &s.Memory.PrevPodInPlace, policy, now)
+			s.Memory.LastFailure = last
+		}
 	}
 }
 
@@ -438,16 +460,17 @@ func (s *Step) seeCurrent(policy supervision.Policy, now time.Time) {
 // yet, as restarts of the machine in its window: one budget over both levels. The pod reports
 // its total (live on its annotation, finally in its termination message); the memory keeps how
 // many of this pod's are counted, so a report seen twice counts once.
-func (s *Step) foldInPlace(pod *corev1.Pod, policy supervision.Policy, now time.Time) {
+func (s *Step) foldInPlace(pod *corev1.Pod, counted *int32, policy supervision.Policy, now time.Time) {
 	r := InPlaceOf(pod)
-	if r == nil || r.Restarts <= s.Memory.PodInPlace {
+	if r == nil || r.Restarts <= *counted {
 		return
 	}
-	n := r.Restarts - s.Memory.PodInPlace
-	s.Memory.Restarts += n
-	s.Memory.InPlace += n
-	s.Memory.PodInPlace = r.Restarts
-	s.InPlace = n
+	n := r.Restarts - *counted
+	// A report is the pod's word: a count past int32 saturates rather than wraps.
+	s.Memory.Restarts = addSaturating(s.Memory.Restarts, n)
+	s.Memory.InPlace = addSaturating(s.Memory.InPlace, n)
+	*counted = r.Restarts
+	s.InPlace = addSaturating(s.InPlace, n)
 	// The newest n are the new ones; the pod keeps no more than MaxInPlaceTimes, and a report
 	// is the pod's word, so no more than that is taken from it.
 	times := r.Times[max(0, len(r.Times)-int(min(n, contract.MaxInPlaceTimes))):]
@@ -461,8 +484,20 @@ func (s *Step) foldInPlace(pod *corev1.Pod, policy supervision.Policy, now time.
 		if !l.RestartAt.IsZero() {
 			f.RestartAt = &metav1.MicroTime{Time: l.RestartAt}
 		}
-		s.Memory.LastFailure, s.InPlaceLast = &f, f.DeepCopy()
+		s.InPlaceLast = f.DeepCopy()
+		if s.Memory.Pending() == nil {
+			// A report that lands after the pod's end was decided (a PATCH in flight) does
+			// not replace the decision in force.
+			s.Memory.LastFailure = &f
+		}
 	}
+}
+
+func addSaturating(a, b int32) int32 {
+	if sum := int64(a) + int64(b); sum <= math.MaxInt32 {
+		return int32(sum)
+	}
+	return math.MaxInt32
 }
 
 func progressOf(c vendingv1alpha1.PodCause) Progress {
