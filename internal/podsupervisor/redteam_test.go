@@ -20,16 +20,8 @@ import (
 	"github.com/vendingfleet/vending-operator/internal/supervision"
 )
 
-// Red-team attacks on the in-pod supervisor (issue 11). A test marked DEFECT fails on the code
-// it was written against; it is skipped unless REDTEAM=1 so that the suite stays green until the
-// lead fixes it.
-
-func redTeamDefect(t *testing.T) {
-	t.Helper()
-	if os.Getenv("REDTEAM") != "1" {
-		t.Skip("a known defect (see the comment); REDTEAM=1 runs it")
-	}
-}
+// Red-team attacks on the in-pod supervisor (issue 11). A test marked FIXED DEFECT failed on
+// the code it was written against.
 
 // answer is one reply: its status and body, or the error that stood for it.
 type answer struct {
