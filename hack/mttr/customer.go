@@ -144,9 +144,11 @@ func (cu *customer) key(kind string) string {
 
 const fillClients = 32
 
-// fill inserts keyed coins, fillClients at a time on kept connections, until the machine's log
-// holds at least n events, and returns how many it holds.
-func (cu *customer) fill(ctx context.Context, m *machine, n int) (uint64, error) {
+// fill inserts coins, fillClients at a time on kept connections, until the machine's log holds
+// at least n events, and returns how many it holds. Keyed coins leave their keys in the
+// machine's state (up to --keep-keys, 100,000 by default), which every start restores; unkeyed
+// ones leave only the log to replay.
+func (cu *customer) fill(ctx context.Context, m *machine, n int, keyed bool) (uint64, error) {
 	for {
 		seq, err := cu.sequence(ctx, m)
 		if err != nil || seq >= uint64(n) {
@@ -160,7 +162,11 @@ func (cu *customer) fill(ctx context.Context, m *machine, n int) (uint64, error)
 		for range fillClients {
 			wg.Go(func() {
 				for left.Add(-1) >= 0 && failed.Load() == nil {
-					code, body, err := post(ctx, cu.pooled, ip, "/v1/coins", `{"count":1}`, cu.key("fill"))
+					key := ""
+					if keyed {
+						key = cu.key("fill")
+					}
+					code, body, err := post(ctx, cu.pooled, ip, "/v1/coins", `{"count":1}`, key)
 					if err == nil && code != http.StatusOK {
 						err = fmt.Errorf("POST /v1/coins: %d %s", code, body)
 					}

@@ -55,6 +55,8 @@ func main() {
 	backoffs := flag.String("backoffs", "default", "spec.supervision.backoff.initial of the machines, one machine each "+
 		"(default: the API's default, 250ms)")
 	flag.IntVar(&o.events, "events", 100_000, "events in every machine's log before the first kill")
+	flag.BoolVar(&o.keyedFill, "keyed-fill", true,
+		"fill the logs with keyed coins (their keys are state every start restores) rather than unkeyed ones")
 	flag.StringVar(&o.image, "image", "vendingfleet/vendingpod:dev", "vending pod image")
 	ctr := flag.String("ctr", "ctr -a .local-cluster/run/containerd.sock", "how to reach the node's containerd")
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Second, "the customer's timeout per attempt")
@@ -76,6 +78,7 @@ func main() {
 
 type options struct {
 	rounds, crashes, events int
+	keyedFill               bool
 	subjects, backoffs      []string
 	image, out              string
 	ctr                     []string
@@ -111,7 +114,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		start := time.Now()
-		n, err := cu.fill(ctx, m, o.events)
+		n, err := cu.fill(ctx, m, o.events, o.keyedFill)
 		if err != nil {
 			return fmt.Errorf("%s: filling the log: %w", m.name, err)
 		}

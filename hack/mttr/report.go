@@ -64,7 +64,8 @@ func took(ks []killRecord, crash int) []time.Duration {
 
 func recoveryTable(w io.Writer, o options, subjects []*subject, by map[*subject][]killRecord) {
 	_, _ = fmt.Fprintf(w, "\nKill → first durable reply (keyed POST /v1/coins answered 200), %d rounds of %d consecutive crashes, "+
-		"%d events in each log before the first kill:\n\n", o.rounds, o.crashes, o.events)
+		"%d %s events in each log before the first kill:\n\n", o.rounds, o.crashes, o.events,
+		map[bool]string{true: "keyed", false: "unkeyed"}[o.keyedFill])
 	header := make([]string, 0, 6+o.crashes)
 	header = append(header, "subject", "kills", "all kills p50 / p99")
 	for k := range o.crashes {
