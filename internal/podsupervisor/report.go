@@ -23,8 +23,9 @@ import (
 // docs/design.md).
 //
 // Healing never waits for it: Report only hands over the newest cumulative report, and a
-// goroutine patches it, retrying with back-off while the API server is away, so that the status
-// catches up when it returns. Reports are cumulative, so the latest one replaces any unsent.
+// goroutine patches it, retrying with back-off while the API server is away or refuses, so that
+// the status catches up when it returns. Reports are cumulative, so the latest one replaces any
+// unsent.
 type Annotator struct {
 	latest chan contract.InPlace
 }
@@ -82,7 +83,8 @@ func newAnnotator(ctx context.Context, cfg *rest.Config, namespace, name string,
 	return a, nil
 }
 
-// refused is an answer that a retry of the same request would get again.
+// refused is a 4xx answer: a retry of the same request gets it again until something changes
+// (an authorizer's caches, a RoleBinding).
 type refused struct{ error }
 
 // Report hands over the newest report; it never blocks.
@@ -108,18 +110,27 @@ func (a *Annotator) run(ctx context.Context, patch func(context.Context, contrac
 		case <-ctx.Done():
 			return
 		}
-		for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		// Every error is retried: a refusal is not final either. An API server that has just
+		// come back answers 403 until its authorizer's caches are filled, and a RoleBinding may
+		// be created late. A refusal waits longer between tries; the log says so once per
+		// streak, not every try.
+		logged := ""
+		for delay := 100 * time.Millisecond; ; {
 			err := patch(ctx, r)
 			if err == nil {
+				if logged != "" {
+					logger.Info("Reported in-place restarts on the pod", "restarts", r.Restarts)
+				}
 				break
 			}
+			limit := 5 * time.Second
 			if errors.As(err, new(refused)) {
-				// Retrying cannot help (no RoleBinding, the policy refuses): the report waits
-				// for the next restart, and reaches the operator in the termination message.
-				logger.Warn("Reporting in-place restarts on the pod was refused; not retrying", "restarts", r.Restarts, "err", err)
-				break
+				limit = 30 * time.Second
 			}
-			logger.Warn("Reporting in-place restarts on the pod; retrying", "restarts", r.Restarts, "err", err, "in", delay)
+			if msg := err.Error(); msg != logged {
+				logger.Warn("Reporting in-place restarts on the pod; retrying with back-off", "restarts", r.Restarts, "err", err)
+				logged = msg
+			}
 			select {
 			case newer := <-a.latest:
 				r = newer
@@ -127,6 +138,7 @@ func (a *Annotator) run(ctx context.Context, patch func(context.Context, contrac
 			case <-ctx.Done():
 				return
 			}
+			delay = min(2*delay, limit)
 		}
 	}
 }

@@ -147,6 +147,7 @@ func dump(t *testing.T, ns string) {
 		{"-n", ns, "describe", "vendingmachines"},
 		{"-n", ns, "get", "events", "--sort-by=.lastTimestamp"},
 		{"-n", ns, "get", "pods,pvc", "-o", "wide"},
+		{"-n", ns, "logs", "-l", "app.kubernetes.io/managed-by=vending-operator", "--prefix", "--tail=40"},
 		{"-n", "vending-operator-system", "logs", "deploy/vending-operator-controller-manager", "--tail=100"},
 	} {
 		out, _ := exec.Command(kubectl, args...).CombinedOutput()
