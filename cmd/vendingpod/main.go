@@ -97,7 +97,7 @@ func runSupervisor(cfg vendingpod.Config, settings *podsupervisor.Settings, pars
 		}
 	}
 	sup := podsupervisor.Config{Settings: *settings, Listen: cfg.Listen, Command: command,
-		TerminationMessagePath: cfg.TerminationMessagePath, MemoryEvents: "/sys/fs/cgroup/memory.events", Logger: cfg.Logger}
+		TerminationMessagePath: cfg.TerminationMessagePath, MemoryEvents: podsupervisor.MemoryEventsFile(), Logger: cfg.Logger}
 	if ns, name := os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"); ns != "" && name != "" {
 		a, err := podsupervisor.NewAnnotator(context.Background(), ns, name, cfg.Logger)
 		if err != nil {

@@ -36,8 +36,9 @@ type Config struct {
 	Command []string
 	// TerminationMessagePath is where PID 1 reports when it gives up.
 	TerminationMessagePath string
-	// MemoryEvents is the container's cgroup v2 memory.events: an OOM kill counted there while
-	// the child died of SIGKILL is the container's OOM, the operator's to handle.
+	// MemoryEvents is where the container's cgroup counts OOM kills (an oom_kill line:
+	// MemoryEventsFile): an OOM kill counted there while the child died of SIGKILL is the
+	// container's OOM, the operator's to handle.
 	MemoryEvents string
 	// Report, when set, is told of every in-place restart (the cumulative report; it must not
 	// block: the next restart does not wait for the API).
@@ -253,7 +254,19 @@ func (cfg Config) terminate(child *exec.Cmd, exited <-chan *os.ProcessState, t *
 		Time:    cfg.Now()}, t)
 }
 
-// oomKills reads the oom_kill count of a cgroup v2 memory.events file (0 when unreadable).
+// MemoryEventsFile is the file of the process's cgroup that counts OOM kills in an oom_kill
+// line: memory.events on cgroup v2, memory.oom_control on cgroup v1 (Linux 4.13 or later).
+func MemoryEventsFile() string {
+	for _, p := range []string{"/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// oomKills reads the oom_kill count of a cgroup's memory.events or memory.oom_control (0 when
+// unreadable).
 func oomKills(path string) int64 {
 	b, err := os.ReadFile(path)
 	if err != nil {
