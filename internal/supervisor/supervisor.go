@@ -440,7 +440,7 @@ func (s *Step) seeCurrent(policy supervision.Policy, now time.Time) {
 		s.Memory.PodUID = pod.UID
 	}
 	if pod.UID == s.Memory.PodUID {
-		s.foldInPlace(pod, &s.Memory.PodInPlace, policy, now)
+		s.foldInPlace(pod, &s.Memory.PodInPlace, true, policy, now)
 	}
 }
 
@@ -449,9 +449,7 @@ func (s *Step) seeCurrent(policy supervision.Policy, now time.Time) {
 func (s *Step) seePrevious(pods []corev1.Pod, policy supervision.Policy, now time.Time) {
 	for i := range pods {
 		if p := &pods[i]; p.Name == s.Memory.PrevPod && p.Name != s.Memory.PodName {
-			last := s.Memory.LastFailure
-			s.foldInPlace(p, &s.Memory.PrevPodInPlace, policy, now)
-			s.Memory.LastFailure = last
+			s.foldInPlace(p, &s.Memory.PrevPodInPlace, false, policy, now)
 		}
 	}
 }
@@ -460,7 +458,10 @@ func (s *Step) seePrevious(pods []corev1.Pod, policy supervision.Policy, now tim
 // yet, as restarts of the machine in its window: one budget over both levels. The pod reports
 // its total (live on its annotation, finally in its termination message); the memory keeps how
 // many of this pod's are counted, so a report seen twice counts once.
-func (s *Step) foldInPlace(pod *corev1.Pod, counted *int32, policy supervision.Policy, now time.Time) {
+//
+// current: the pod is the current incarnation, whose latest failure is the machine's last (a
+// replaced pod's is not).
+func (s *Step) foldInPlace(pod *corev1.Pod, counted *int32, current bool, policy supervision.Policy, now time.Time) {
 	r := InPlaceOf(pod)
 	if r == nil || r.Restarts <= *counted {
 		return
@@ -485,7 +486,7 @@ func (s *Step) foldInPlace(pod *corev1.Pod, counted *int32, policy supervision.P
 			f.RestartAt = &metav1.MicroTime{Time: l.RestartAt}
 		}
 		s.InPlaceLast = f.DeepCopy()
-		if s.Memory.Pending() == nil {
+		if current && s.Memory.Pending() == nil {
 			// A report that lands after the pod's end was decided (a PATCH in flight) does
 			// not replace the decision in force.
 			s.Memory.LastFailure = &f
