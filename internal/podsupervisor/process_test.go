@@ -174,9 +174,23 @@ func TestWorkerCrashHealsInPlace(t *testing.T) {
 			t.Fatalf("insert: %d %v", code, err)
 		}
 	}
-	var refused, sent atomic.Int64
+	var refused, sent, notReady atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
+	probed := make(chan struct{})
+	go func() { // the kubelet's readiness probe, hammering: a restarting child is never seen not ready
+		defer close(probed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if code, err := p.do("GET", "/readyz", "", ""); err == nil && code != http.StatusOK {
+				notReady.Add(1)
+			}
+		}
+	}()
 	go func() {
 		defer close(done)
 		for {
@@ -196,8 +210,13 @@ func TestWorkerCrashHealsInPlace(t *testing.T) {
 	}
 	close(stop)
 	<-done
+	<-probed
 	if refused.Load() > 0 {
 		t.Errorf("%d of %d requests were refused during in-place restarts", refused.Load(), sent.Load())
+	}
+	if notReady.Load() > 0 {
+		t.Errorf("%d readiness probes answered not ready during in-place restarts (the child served before its replay)",
+			notReady.Load())
 	}
 	if code, err := p.do("POST", "/v1/coins", "k0", `{"count":1}`); code != 200 {
 		t.Fatalf("keyed retry: %d %v", code, err)
