@@ -137,7 +137,8 @@ func templateHash(vm *vendingv1alpha1.VendingMachine, image string) string {
 func supervisionSettings(vm *vendingv1alpha1.VendingMachine, earlier []metav1.Time) podsupervisor.Settings {
 	s := podsupervisor.Settings{Policy: supervisor.PolicyOf(vm), Seed: vm.Namespace + "/" + vm.Name}
 	for _, t := range earlier {
-		s.Earlier = append(s.Earlier, t.Time)
+		// As the status keeps it (to the second): the pod counts the window as the operator does.
+		s.Earlier = append(s.Earlier, t.Rfc3339Copy().Time)
 	}
 	return s
 }

@@ -95,3 +95,18 @@ func TestInPlaceBudgetIsTheMachines(t *testing.T) {
 		return k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "coffee-1"}, &corev1.Pod{})
 	}, time.Second).ShouldNot(Succeed())
 }
+
+// One budget, the operator's half: a pod the operator restarts is started with the machine's
+// restarts in the window, so that its own supervisor counts them.
+func TestRestartedPodCarriesTheWindow(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	vm := createMachine(t, ns, "coffee", fastBackoff(0))
+	kubeletFail(g, waitPod(g, vm, 0), contract.ExitOutOfCoffeeBeans, outOfBeansMessage("o-1"))
+	pod := waitPod(g, vm, 1)
+	st := getMachine(g, vm).Status
+	g.Expect(st.RestartTimes).To(HaveLen(1))
+	g.Expect(pod.Spec.Containers[0].Args).To(ContainElement(
+		"--earlier-restarts="+st.RestartTimes[0].UTC().Format(time.RFC3339Nano)),
+		"the restarted pod does not count the restart that made it")
+}
