@@ -125,6 +125,9 @@ func main() {
 			}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
 				return fmt.Errorf("controller VendingFleet: %w", err)
 			}
+			if err := controller.SetupMetrics(mgr); err != nil {
+				return fmt.Errorf("state metrics: %w", err)
+			}
 			return nil
 		},
 		LeaderElection:          leaderElect,

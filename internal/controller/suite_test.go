@@ -151,6 +151,9 @@ func startManager() (stop func(), err error) {
 	}).SetupWithManager(mgr, Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr.To(true)}); err != nil {
 		return nil, fmt.Errorf("fleet controller: %w", err)
 	}
+	if err := SetupMetrics(mgr); err != nil {
+		return nil, fmt.Errorf("state metrics: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

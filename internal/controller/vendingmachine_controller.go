@@ -177,6 +177,7 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 		// Recovered once the status that says Ready reached the API server: a pass whose write
 		// failed announces nothing, and the next one, reading Ready, announces it then.
 		r.announceRecovery(read, vm, o)
+		observeRecovery(read, vm, o.pod(vm.Status.PodName))
 	}
 	switch {
 	case result.RequeueAfter > 0:
