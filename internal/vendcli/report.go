@@ -1,0 +1,243 @@
+package vendcli
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
+)
+
+// ReportOptions say what a report collects.
+type ReportOptions struct {
+	Namespace         string
+	OperatorNamespace string
+	// OperatorSelector selects the operator's pods (config/manager: control-plane=controller-manager).
+	OperatorSelector string
+	Now              time.Time
+}
+
+// reportLog is one thing collected or not: the README lists both.
+type reportLog struct {
+	collected []string
+	failed    []string
+}
+
+func (l *reportLog) fail(what string, err error) {
+	why := err.Error()
+	if apierrors.IsForbidden(err) {
+		why = "denied by RBAC: " + why
+	}
+	l.failed = append(l.failed, fmt.Sprintf("%s: %s", what, why))
+}
+
+// WriteReport writes a zip of the namespace's VendingMachines, VendingFleets, pods, claims and
+// events, the logs of the machines' pods (current and, after a container restart, previous) and
+// the operator's logs, with a README.txt that lists what was collected and what could not be.
+// Secrets are never read. A denial (RBAC) or a missing log is listed, not fatal.
+func WriteReport(ctx context.Context, c client.Client, cs kubernetes.Interface, o ReportOptions, w io.Writer) (collected, failed int, err error) {
+	z := zip.NewWriter(w)
+	var log reportLog
+	put := func(name string, data []byte) error {
+		f, err := z.CreateHeader(&zip.FileHeader{Name: name, Method: zip.Deflate, Modified: o.Now.UTC()})
+		if err != nil {
+			return err
+		}
+		if _, err := f.Write(data); err != nil {
+			return err
+		}
+		log.collected = append(log.collected, name)
+		return nil
+	}
+	yamlPrinter, err := printer("yaml")
+	if err != nil {
+		return 0, 0, err
+	}
+	list := func(name string, l client.ObjectList, opts ...client.ListOption) (bool, error) {
+		if err := c.List(ctx, l, append([]client.ListOption{client.InNamespace(o.Namespace)}, opts...)...); err != nil {
+			log.fail(name, err)
+			return false, nil
+		}
+		var b bytes.Buffer
+		if err := yamlPrinter.PrintObj(withKinds(l), &b); err != nil {
+			return false, err
+		}
+		return true, put(name, b.Bytes())
+	}
+	machines := &vendingv1alpha1.VendingMachineList{}
+	pods := &corev1.PodList{}
+	for _, item := range []struct {
+		name string
+		list client.ObjectList
+	}{
+		{"vendingmachines.yaml", machines},
+		{"vendingfleets.yaml", &vendingv1alpha1.VendingFleetList{}},
+		{"pods.yaml", pods},
+		{"persistentvolumeclaims.yaml", &corev1.PersistentVolumeClaimList{}},
+		{"services.yaml", &corev1.ServiceList{}},
+		{"events.yaml", &corev1.EventList{}},
+	} {
+		if _, err := list(item.name, item.list); err != nil {
+			return 0, 0, err
+		}
+	}
+
+	// The machines' pods: those with the machine label (they outlive a deleted machine).
+	for _, pod := range pods.Items {
+		if _, ok := pod.Labels[labelMachine]; ok {
+			if err := podLogs(ctx, cs, &pod, "logs/"+pod.Namespace, put, &log); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+
+	operatorPods, err := cs.CoreV1().Pods(o.OperatorNamespace).List(ctx, metav1.ListOptions{LabelSelector: o.OperatorSelector})
+	switch {
+	case err != nil:
+		log.fail(fmt.Sprintf("the operator's pods (namespace %s, %s)", o.OperatorNamespace, o.OperatorSelector), err)
+	case len(operatorPods.Items) == 0:
+		log.failed = append(log.failed, fmt.Sprintf("the operator's logs: no pod in namespace %s matches %s", o.OperatorNamespace, o.OperatorSelector))
+	}
+	if operatorPods != nil {
+		for _, pod := range operatorPods.Items {
+			if err := podLogs(ctx, cs, &pod, "operator/"+pod.Namespace, put, &log); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+
+	if err := put("README.txt", []byte(readme(o, &log))); err != nil {
+		return 0, 0, err
+	}
+	return len(log.collected), len(log.failed), z.Close()
+}
+
+// podLogs collects each container's log, and the previous one after a container restart.
+func podLogs(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, dir string,
+	put func(string, []byte) error, log *reportLog) error {
+	restarted := map[string]bool{}
+	for _, st := range append(slices.Clone(pod.Status.InitContainerStatuses), pod.Status.ContainerStatuses...) {
+		restarted[st.Name] = st.RestartCount > 0 || st.LastTerminationState.Terminated != nil
+	}
+	var containers []string
+	for _, ct := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
+		containers = append(containers, ct.Name)
+	}
+	for _, name := range containers {
+		for _, previous := range []bool{false, true} {
+			if previous && !restarted[name] {
+				continue
+			}
+			file := path.Join(dir, pod.Name, name+".log")
+			if previous {
+				file = path.Join(dir, pod.Name, name+".previous.log")
+			}
+			data, err := cs.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name,
+				&corev1.PodLogOptions{Container: name, Previous: previous}).DoRaw(ctx)
+			if err != nil {
+				log.fail(file, err)
+				continue
+			}
+			if err := put(file, data); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func readme(o ReportOptions, log *reportLog) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "kubectl vend report of namespace %s, %s\n\n", o.Namespace, o.Now.UTC().Format(time.RFC3339))
+	b.WriteString("Secrets are never collected. Objects are as the API server returned them (managed fields left out).\n\n")
+	fmt.Fprintf(&b, "Collected (%d):\n", len(log.collected)+1)
+	for _, f := range append(slices.Clone(log.collected), "README.txt") {
+		fmt.Fprintf(&b, "  %s\n", f)
+	}
+	fmt.Fprintf(&b, "\nNot collected (%d):\n", len(log.failed))
+	if len(log.failed) == 0 {
+		b.WriteString("  (nothing)\n")
+	}
+	for _, f := range log.failed {
+		fmt.Fprintf(&b, "  %s\n", f)
+	}
+	return b.String()
+}
+
+// withKinds sets apiVersion and kind on a typed list and its items (the client leaves them
+// empty), so the YAML says what each object is.
+func withKinds(l client.ObjectList) runtime.Object {
+	if gvk, err := apiutil.GVKForObject(l, Scheme); err == nil {
+		l.GetObjectKind().SetGroupVersionKind(gvk)
+	}
+	items, _ := meta.ExtractList(l)
+	for _, it := range items {
+		if gvk, err := apiutil.GVKForObject(it, Scheme); err == nil {
+			it.GetObjectKind().SetGroupVersionKind(gvk)
+		}
+	}
+	return l
+}
+
+func newReportCommand(o *Options) *cobra.Command {
+	var file, operatorNS, operatorSelector string
+	cmd := &cobra.Command{
+		Use:   "report",
+		Short: "A zip for a bug report: machines, fleets, pods, claims, events, pod and operator logs (never secrets)",
+		Long: "report collects the namespace's VendingMachines, VendingFleets, pods, PersistentVolumeClaims,\n" +
+			"services and events, the logs of the machines' pods (and of a restarted container's previous\n" +
+			"run) and the operator's logs into a zip, with a README.txt that lists what was collected and\n" +
+			"what could not be (an RBAC denial is listed, not fatal). Secrets are never read.",
+		Example: "  kubectl vend report -n shop -f shop.zip",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, cs, err := o.clients()
+			if err != nil {
+				return err
+			}
+			ns, err := o.namespace()
+			if err != nil {
+				return err
+			}
+			now := o.Now()
+			if file == "" {
+				file = fmt.Sprintf("vend-report-%s-%s.zip", ns, now.UTC().Format("20060102T150405Z"))
+			}
+			out, err := os.Create(file)
+			if err != nil {
+				return err
+			}
+			collected, failed, err := WriteReport(ctx(cmd), c, cs, ReportOptions{Namespace: ns, OperatorNamespace: operatorNS,
+				OperatorSelector: operatorSelector, Now: now}, out)
+			if cerr := out.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(o.Streams.Out, "wrote %s: %d files, %d things not collected (see README.txt inside)\n", file, collected, failed)
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "the zip to write (default vend-report-NAMESPACE-TIME.zip)")
+	cmd.Flags().StringVar(&operatorNS, "operator-namespace", "vending-operator-system", "the operator's namespace")
+	cmd.Flags().StringVar(&operatorSelector, "operator-selector", "control-plane=controller-manager", "the operator's pods")
+	return cmd
+}
