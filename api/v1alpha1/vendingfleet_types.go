@@ -213,8 +213,8 @@ type ResetPlan struct {
 	Message string `json:"message,omitempty"`
 }
 
-// Condition types of a VendingFleet: Ready, Progressing, Degraded, Escalated (the same words
-// as a machine's, at the fleet's level).
+// Condition types of a VendingFleet: Ready, Progressing, Degraded, Escalated, Reconciling and
+// Stalled (the same words as a machine's, at the fleet's level).
 
 // VendingFleetStatus is the observed state of a fleet, rebuilt from its machines on every pass.
 type VendingFleetStatus struct {
@@ -222,7 +222,8 @@ type VendingFleetStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions: Ready, Progressing, Degraded, Escalated.
+	// conditions: Ready, Progressing, Degraded, Escalated; and Reconciling or Stalled, only
+	// while True (kstatus).
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -299,7 +300,9 @@ type VendingFleet struct {
 	// +optional
 	Spec VendingFleetSpec `json:"spec,omitzero"`
 
-	// status is what the fleet observed of its machines.
+	// status is what the fleet observed of its machines. Until the operator first writes it, it
+	// reads as observedGeneration 0 (kstatus: InProgress), as a machine's does.
+	// +kubebuilder:default={observedGeneration: 0}
 	// +optional
 	Status VendingFleetStatus `json:"status,omitzero"`
 }

@@ -238,6 +238,16 @@ const (
 	ConditionDegraded = "Degraded"
 	// ConditionEscalated is True once the supervisor has given up and handed the failure up.
 	ConditionEscalated = "Escalated"
+
+	// ConditionReconciling and ConditionStalled are kstatus's abnormal-true conditions, read
+	// by Flux, kpt, cli-utils and every other kstatus-based tool: present only while True.
+	// ConditionReconciling is True while the operator works toward the spec (Progressing=True):
+	// the object is InProgress.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True while the operator cannot make progress without a human: the
+	// machine is escalated or stopped, the fleet escalated to humans or its rollout stopped.
+	// The object is Failed, so a pipeline waiting on it fails at once instead of at its timeout.
+	ConditionStalled = "Stalled"
 )
 
 // Failure is the last failure the supervisor observed, as the pod reported it.
@@ -324,7 +334,8 @@ type VendingMachineStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions: Ready, Progressing, Degraded, Escalated.
+	// conditions: Ready, Progressing, Degraded, Escalated; and Reconciling or Stalled, only
+	// while True (kstatus).
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -454,7 +465,9 @@ type VendingMachine struct {
 	// +optional
 	Spec VendingMachineSpec `json:"spec,omitzero"`
 
-	// status is what the supervisor observed.
+	// status is what the supervisor observed. Until the operator first writes it, it reads as
+	// observedGeneration 0, so kstatus-based tools see a new machine as InProgress, not Current.
+	// +kubebuilder:default={observedGeneration: 0}
 	// +optional
 	Status VendingMachineStatus `json:"status,omitzero"`
 }

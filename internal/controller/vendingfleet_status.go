@@ -56,15 +56,27 @@ func computeFleetStatus(f *vendingv1alpha1.VendingFleet, o *fleetObservation) ve
 	maxRestarts := int(ptr.Deref(f.Spec.Template.Spec.Supervision.MaxRestarts, 10))
 	st.RestartBudget = int32(fleet.RestartBudget(maxRestarts, policy.MaxEscalations))
 
+	progressing := fleetProgressingCondition(f, o, replicas)
+	escalatedToHumans := fleetEscalatedCondition(o, policy, maxRestarts, st.RestartBudget)
 	for _, c := range []metav1.Condition{
 		fleetReadyCondition(st, replicas, notReady),
-		fleetProgressingCondition(f, o, replicas),
+		progressing,
 		fleetDegradedCondition(escalated, degraded),
-		fleetEscalatedCondition(o, policy, maxRestarts, st.RestartBudget),
+		escalatedToHumans,
 	} {
 		c.ObservedGeneration = f.Generation
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
+	// Stalled: only humans can move the fleet on. Machines escalated to the fleet are not: the
+	// fleet handles them (Ready=False says the fleet is not there yet).
+	var stalled *metav1.Condition
+	switch {
+	case escalatedToHumans.Status == metav1.ConditionTrue:
+		stalled = &escalatedToHumans
+	case progressing.Reason == ReasonRolloutStalled:
+		stalled = &progressing
+	}
+	setKstatusConditions(&st.Conditions, f.Generation, progressing, stalled)
 	return st
 }
 

@@ -82,18 +82,48 @@ func computeStatus(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, o o
 		st.TotalCoins, st.Sequence = ptrInt64(o.state.TotalCoins), ptrInt64(int64(o.state.Sequence))
 	}
 	ready := pod != nil && pod.DeletionTimestamp == nil && !supervisor.Terminal(pod) && supervisor.Ready(pod)
+	escalated, progressing := escalatedCondition(vm, mem, o), progressingCondition(vm, step, ready)
 	for _, c := range []metav1.Condition{
 		readyCondition(pod, mem, ready),
-		escalatedCondition(vm, mem, o),
-		progressingCondition(vm, step, ready),
+		escalated,
+		progressing,
 		degradedCondition(o, ready),
 	} {
 		c.ObservedGeneration = vm.Generation
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
+	var stalled *metav1.Condition
+	switch {
+	case mem.Escalated():
+		stalled = &escalated
+	case mem.Stopped():
+		stalled = &metav1.Condition{Reason: ReasonStopped, Message: progressing.Message}
+	}
+	setKstatusConditions(&st.Conditions, vm.Generation, progressing, stalled)
 	st.Phase = phaseOf(vm, step, pod, ready, o)
 	_ = now
 	return st
+}
+
+// setKstatusConditions sets kstatus's abnormal-true conditions from ours: Reconciling as
+// Progressing says while it is True, Stalled when something (stalled, nil if nothing) needs a
+// human. Each is removed while False (Flux's convention), and never both are True: kstatus
+// reads the first it meets, and a stalled object makes no progress.
+func setKstatusConditions(conds *[]metav1.Condition, generation int64, progressing metav1.Condition, stalled *metav1.Condition) {
+	set := func(t string, c *metav1.Condition) {
+		if c == nil {
+			meta.RemoveStatusCondition(conds, t)
+			return
+		}
+		meta.SetStatusCondition(conds, metav1.Condition{Type: t, Status: metav1.ConditionTrue, Reason: c.Reason,
+			Message: c.Message, ObservedGeneration: generation})
+	}
+	var reconciling *metav1.Condition
+	if stalled == nil && progressing.Status == metav1.ConditionTrue {
+		reconciling = &progressing
+	}
+	set(vendingv1alpha1.ConditionReconciling, reconciling)
+	set(vendingv1alpha1.ConditionStalled, stalled)
 }
 
 func cond(t string, s metav1.ConditionStatus, reason, msg string) metav1.Condition {
