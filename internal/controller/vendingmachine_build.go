@@ -204,7 +204,7 @@ func buildPod(vm *vendingv1alpha1.VendingMachine, image, name string, cause vend
 				Image:           image,
 				ImagePullPolicy: corev1.PullIfNotPresent,
 				Args:            args,
-				Env: []corev1.EnvVar{fieldEnv("POD_IP", "status.podIP"), fieldEnv("POD_NAME", "metadata.name"),
+				Env: []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"),
 					fieldEnv("POD_NAMESPACE", "metadata.namespace")},
 				Ports:     []corev1.ContainerPort{{Name: "http", ContainerPort: contract.Port, Protocol: corev1.ProtocolTCP}},
 				Resources: resources,

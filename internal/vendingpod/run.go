@@ -82,10 +82,11 @@ func ParseMenu(s string) (map[string]vending.Item, error) {
 	return menu, nil
 }
 
-// DefaultListen is $POD_IP:8080 inside a pod (so the API is not on every interface of a shared
-// network namespace), :8080 elsewhere.
+// DefaultListen is :8080, every address of the pod's network namespace: its pod IP for the
+// Service, the kubelet's probes and the operator, and localhost, where `kubectl port-forward`
+// connects. (It was the pod IP only, and port-forward met "connection refused".)
 func DefaultListen() string {
-	return net.JoinHostPort(os.Getenv("POD_IP"), strconv.Itoa(contract.Port))
+	return net.JoinHostPort("", strconv.Itoa(contract.Port))
 }
 
 // reporter reifies failures: a termination message for the supervisor, a log line, an exit.
