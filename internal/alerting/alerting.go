@@ -170,6 +170,19 @@ func Dashboard(path string) (DashboardQueries, error) {
 	return q, nil
 }
 
+// grafanaDuration and grafanaVariable are the dashboard variables in an expression: Grafana
+// replaces them before the query reaches Prometheus.
+var (
+	grafanaDuration = regexp.MustCompile(`\$\{?__(rate_interval|interval|range)\}?`)
+	grafanaVariable = regexp.MustCompile(`\$\{?[a-zA-Z_][a-zA-Z0-9_]*\}?`)
+)
+
+// ExpandGrafana replaces a dashboard expression's variables as Grafana would (durations with
+// 5m, other variables with .*, what "All" selects), so that it parses as PromQL.
+func ExpandGrafana(expr string) string {
+	return grafanaVariable.ReplaceAllString(grafanaDuration.ReplaceAllString(expr, "5m"), ".*")
+}
+
 // Family is the metric family a sample name belongs to: a histogram's or summary's _bucket,
 // _sum and _count series are its family's, as /metrics serves them.
 func Family(name string, histograms map[string]bool) string {

@@ -16,6 +16,7 @@ const (
 	rulesPath     = "../../config/prometheus/rules.yaml"
 	ruleTestsPath = "../../config/prometheus/rules_test.yaml"
 	runbooksDir   = "../../docs/runbooks"
+	dashboardPath = "../../config/grafana/vending-operator-dashboard.json"
 	runbookPrefix = "https://github.com/vendingfleet/vending-operator/blob/main/docs/runbooks/"
 )
 
@@ -166,4 +167,24 @@ func mutateRule(t *testing.T, b []byte, alert string, mutate func(map[string]any
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestDashboardQueriesParse: every panel's expression is PromQL once Grafana's variables are
+// replaced, and names metrics.
+func TestDashboardQueriesParse(t *testing.T) {
+	q, err := Dashboard(dashboardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(q.Exprs) == 0 || len(q.VariableMetrics) == 0 {
+		t.Fatalf("%s: %d expressions, %d variable metrics", dashboardPath, len(q.Exprs), len(q.VariableMetrics))
+	}
+	for _, e := range q.Exprs {
+		names, err := MetricNames(ExpandGrafana(e))
+		if err != nil {
+			t.Errorf("%q: %v", e, err)
+		} else if len(names) == 0 {
+			t.Errorf("%q names no metric", e)
+		}
+	}
 }
