@@ -329,14 +329,17 @@ func watchObject(t *testing.T, res dynamic.ResourceInterface, name string) *vers
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	v := &versions{}
+	opts := func(rv string) metav1.ListOptions {
+		return metav1.ListOptions{FieldSelector: "metadata.name=" + name, ResourceVersion: rv}
+	}
+	// The first watch is open before the object is created: it sees every version.
+	w, err := res.Watch(ctx, opts(""))
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		rv := ""
-		for ctx.Err() == nil {
-			w, err := res.Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name, ResourceVersion: rv})
-			if err != nil {
-				time.Sleep(time.Second)
-				continue
-			}
+		for {
 			for ev := range w.ResultChan() {
 				u, ok := ev.Object.(*unstructured.Unstructured)
 				switch {
@@ -348,6 +351,15 @@ func watchObject(t *testing.T, res dynamic.ResourceInterface, name string) *vers
 				}
 			}
 			w.Stop()
+			for ctx.Err() == nil {
+				if w, err = res.Watch(ctx, opts(rv)); err == nil {
+					break
+				}
+				time.Sleep(time.Second)
+			}
+			if ctx.Err() != nil {
+				return
+			}
 		}
 	}()
 	return v
