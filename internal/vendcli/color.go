@@ -38,6 +38,27 @@ const (
 	sevNone // a line that judges nothing (a claim, a header)
 )
 
+// Words for the severities, as status and why show them.
+const (
+	wordStalled  = "Stalled"
+	wordNotReady = "NotReady"
+	wordDegraded = "Degraded"
+	wordReady    = "Ready"
+	wordPaused   = "Paused"
+)
+
+func (s severity) word() string {
+	switch s {
+	case sevStalled:
+		return wordStalled
+	case sevNotReady:
+		return wordNotReady
+	case sevDegraded:
+		return wordDegraded
+	}
+	return wordReady
+}
+
 // painter colors text by severity, or not at all.
 type painter bool
 

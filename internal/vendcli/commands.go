@@ -233,23 +233,30 @@ func newWhyCommand(o *Options) *cobra.Command {
 // admits the patch, and stores nothing).
 type dryRun string
 
+const (
+	dryRunNone   dryRun = "none"
+	dryRunClient dryRun = "client"
+	dryRunServer dryRun = "server"
+)
+
 func dryRunFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVar(p, "dry-run", "none", "none, client (print what would be written) or server (the API server checks it, stores nothing)")
+	cmd.Flags().StringVar(p, "dry-run", string(dryRunNone),
+		"none, client (print what would be written) or server (the API server checks it, stores nothing)")
 }
 
 func parseDryRun(s string) (dryRun, error) {
-	switch s {
-	case "none", "client", "server":
-		return dryRun(s), nil
+	switch d := dryRun(s); d {
+	case dryRunNone, dryRunClient, dryRunServer:
+		return d, nil
 	}
 	return "", fmt.Errorf("--dry-run must be none, client or server, not %q", s)
 }
 
 func (d dryRun) suffix() string {
 	switch d {
-	case "client":
+	case dryRunClient:
 		return " (dry run)"
-	case "server":
+	case dryRunServer:
 		return " (server dry run)"
 	}
 	return ""
@@ -264,9 +271,9 @@ type writer struct {
 }
 
 func (w writer) patch(ctx context.Context, obj client.Object, patch []byte, said string) error {
-	if w.dry != "client" {
+	if w.dry != dryRunClient {
 		var opts []client.PatchOption
-		if w.dry == "server" {
+		if w.dry == dryRunServer {
 			opts = append(opts, client.DryRunAll)
 		}
 		opts = append(opts, client.FieldOwner(fieldManager))
@@ -294,7 +301,7 @@ func newResetCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w, ns, err := o.writer(cmd, dry)
+			w, ns, err := o.writer(dry)
 			if err != nil {
 				return err
 			}
@@ -367,7 +374,7 @@ func newPauseCommand(o *Options, pause bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w, ns, err := o.writer(cmd, dry)
+			w, ns, err := o.writer(dry)
 			if err != nil {
 				return err
 			}
@@ -397,7 +404,7 @@ func newPauseCommand(o *Options, pause bool) *cobra.Command {
 	return cmd
 }
 
-func (o *Options) writer(cmd *cobra.Command, dry string) (writer, string, error) {
+func (o *Options) writer(dry string) (writer, string, error) {
 	d, err := parseDryRun(dry)
 	if err != nil {
 		return writer{}, "", err

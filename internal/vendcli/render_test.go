@@ -93,13 +93,13 @@ func TestUseColor(t *testing.T) {
 
 func TestParseTarget(t *testing.T) {
 	for arg, want := range map[string]Target{
-		"coffee":                                    {KindMachine, "coffee"},
-		"machine/coffee":                            {KindMachine, "coffee"},
-		"vend/coffee":                               {KindMachine, "coffee"},
+		"coffee":         {KindMachine, "coffee"},
+		"machine/coffee": {KindMachine, "coffee"},
+		"vend/coffee":    {KindMachine, "coffee"},
 		"vendingmachine.vending.resilience.dev/cof": {KindMachine, "cof"},
-		"fleet/lobby":                               {KindFleet, "lobby"},
-		"vfleet/lobby":                              {KindFleet, "lobby"},
-		"VendingFleets/lobby":                       {KindFleet, "lobby"},
+		"fleet/lobby":         {KindFleet, "lobby"},
+		"vfleet/lobby":        {KindFleet, "lobby"},
+		"VendingFleets/lobby": {KindFleet, "lobby"},
 	} {
 		if got, err := ParseTarget(arg); err != nil || got != want {
 			t.Errorf("%s: got %v, %v; want %v", arg, got, err, want)

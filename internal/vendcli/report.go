@@ -52,7 +52,8 @@ func (l *reportLog) fail(what string, err error) {
 // events, the logs of the machines' pods (current and, after a container restart, previous) and
 // the operator's logs, with a README.txt that lists what was collected and what could not be.
 // Secrets are never read. A denial (RBAC) or a missing log is listed, not fatal.
-func WriteReport(ctx context.Context, c client.Client, cs kubernetes.Interface, o ReportOptions, w io.Writer) (collected, failed int, err error) {
+func WriteReport(ctx context.Context, c client.Client, cs kubernetes.Interface, o ReportOptions,
+	w io.Writer) (collected, failed int, err error) {
 	z := zip.NewWriter(w)
 	var log reportLog
 	put := func(name string, data []byte) error {
@@ -113,7 +114,8 @@ func WriteReport(ctx context.Context, c client.Client, cs kubernetes.Interface, 
 	case err != nil:
 		log.fail(fmt.Sprintf("the operator's pods (namespace %s, %s)", o.OperatorNamespace, o.OperatorSelector), err)
 	case len(operatorPods.Items) == 0:
-		log.failed = append(log.failed, fmt.Sprintf("the operator's logs: no pod in namespace %s matches %s", o.OperatorNamespace, o.OperatorSelector))
+		log.failed = append(log.failed, fmt.Sprintf("the operator's logs: no pod in namespace %s matches %s",
+			o.OperatorNamespace, o.OperatorSelector))
 	}
 	if operatorPods != nil {
 		for _, pod := range operatorPods.Items {
@@ -136,7 +138,7 @@ func podLogs(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, dir 
 	for _, st := range append(slices.Clone(pod.Status.InitContainerStatuses), pod.Status.ContainerStatuses...) {
 		restarted[st.Name] = st.RestartCount > 0 || st.LastTerminationState.Terminated != nil
 	}
-	var containers []string
+	containers := make([]string, 0, len(pod.Spec.InitContainers)+len(pod.Spec.Containers))
 	for _, ct := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
 		containers = append(containers, ct.Name)
 	}

@@ -142,7 +142,7 @@ func TestStatusOrdersProblemsByHowBadTheyAre(t *testing.T) {
 	if !regexp.MustCompile(`Pod/ristretto-2 +- +Missing`).MatchString(out) {
 		t.Errorf("a machine's missing pod must say so:\n%s", out)
 	}
-	if all := mustVend(t, "status", "-A"); !strings.Contains(all, "NAMESPACE") || !strings.Contains(all, "status-order  VendingMachine/espresso") {
+	if all := mustVend(t, "status", "-A"); !strings.Contains(all, "NAMESPACE") || !regexp.MustCompile(`(?m)^status-order +VendingMachine/espresso `).MatchString(all) {
 		t.Errorf("-A must name each line's namespace:\n%s", all)
 	}
 

@@ -189,7 +189,7 @@ func healthy(pod string) vendingv1alpha1.VendingMachineStatus {
 func escalated(name, pod, to string) vendingv1alpha1.VendingMachineStatus {
 	msg := "OutOfCoffeeBeans after 10 restarts within 1m0s (maxRestarts 10): escalating. Escalated to " + to +
 		"; no more restarts until the machine is reset (annotation vending.resilience.dev/reset)."
-	var times []metav1.Time
+	times := make([]metav1.Time, 0, 10)
 	for i := range 10 {
 		times = append(times, at(time.Duration(58-5*i)*time.Second))
 	}
@@ -251,3 +251,5 @@ func claim(t *testing.T, ns, machine string) {
 		Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}
 	must(t, k8s.Status().Update(context.Background(), c))
 }
+
+func key(ns, name string) client.ObjectKey { return client.ObjectKey{Namespace: ns, Name: name} }

@@ -21,7 +21,7 @@ import (
 // kstatus's abnormal-true conditions, present only while True (the operator sets them; an older
 // operator does not, and Escalated says the same).
 const (
-	conditionStalled     = "Stalled"
+	conditionStalled     = wordStalled
 	conditionReconciling = "Reconciling"
 
 	labelFleet = "vending.resilience.dev/fleet"
@@ -81,7 +81,7 @@ func judgeMachine(vm *vendingv1alpha1.VendingMachine) judgement {
 		return judgement{sevStalled, string(vm.Status.Phase), resetPending + messageOf(c)}
 	}
 	if vm.Spec.Paused {
-		return judgement{sevNotReady, "Paused", fmt.Sprintf(
+		return judgement{sevNotReady, wordPaused, fmt.Sprintf(
 			"spec.paused: the supervisor does not act on this machine (kubectl vend resume %s)", vm.Name)}
 	}
 	ready := meta.FindStatusCondition(conds, vendingv1alpha1.ConditionReady)
@@ -109,7 +109,7 @@ func judgeFleet(f *vendingv1alpha1.VendingFleet) judgement {
 	ready := meta.FindStatusCondition(conds, vendingv1alpha1.ConditionReady)
 	switch {
 	case f.Spec.Paused:
-		return judgement{sevNotReady, "Paused", fmt.Sprintf("spec.paused: the fleet does not act (kubectl vend resume fleet/%s)", f.Name)}
+		return judgement{sevNotReady, wordPaused, fmt.Sprintf("spec.paused: the fleet does not act (kubectl vend resume fleet/%s)", f.Name)}
 	case ready == nil:
 		return judgement{sevNotReady, "NotObserved", "the operator has not reported on this fleet yet"}
 	case ready.Status != metav1.ConditionTrue:
@@ -149,18 +149,10 @@ func conditionStatus(conds []metav1.Condition, t string) string {
 
 // fleetPhase is the one word a fleet line shows where a machine shows its phase.
 func fleetPhase(j judgement) string {
-	switch j.sev {
-	case sevStalled:
-		return "Stalled"
-	case sevNotReady:
-		if j.reason == "Paused" {
-			return "Paused"
-		}
-		return "NotReady"
-	case sevDegraded:
-		return "Degraded"
+	if j.sev == sevNotReady && j.reason == wordPaused {
+		return wordPaused
 	}
-	return "Ready"
+	return j.sev.word()
 }
 
 // RenderTree draws the snapshot as a tree, fleet → machines → pod and claim, problems first:

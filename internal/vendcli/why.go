@@ -33,6 +33,8 @@ type Diagnosis struct {
 	Paused      bool                     `json:"paused,omitempty"`
 	Counters    map[string]int32         `json:"counters"`
 	Pod         string                   `json:"pod,omitempty"`
+
+	sev severity
 }
 
 // Budget is the restart budget of the machine's current window: spec.supervision.maxRestarts
@@ -62,7 +64,7 @@ func Diagnose(vm *vendingv1alpha1.VendingMachine, now time.Time) Diagnosis {
 		StateDetail: j.message, LastFailure: st.LastFailure, NextRestart: st.NextRestartAt, Paused: vm.Spec.Paused,
 		Pod: st.PodName, Counters: map[string]int32{"restarts": st.Restarts, "inPlaceRestarts": st.InPlaceRestarts,
 			"recreations": st.Recreations, "rolls": st.Rolls, "resets": st.Resets}}
-	d.State = map[severity]string{sevStalled: "Stalled", sevNotReady: "NotReady", sevDegraded: "Degraded", sevHealthy: "Ready"}[j.sev]
+	d.State, d.sev = j.sev.word(), j.sev
 	d.InForce = supervisor.MemoryOf(&st).Pending() != nil
 
 	p := supervisor.PolicyOf(vm)
@@ -101,22 +103,23 @@ func actionsFor(vm *vendingv1alpha1.VendingMachine, d Diagnosis) []Action {
 		ns = " -n " + vm.Namespace
 	}
 	var out []Action
-	reset := Action{fmt.Sprintf("kubectl vend reset%s %s", ns, vm.Name),
-		fmt.Sprintf("clear the decision in force and start a new pod with a fresh restart window (writes annotation %s)", supervisor.AnnotationReset)}
-	if d.State == "Stalled" {
+	reset := Action{fmt.Sprintf("kubectl vend reset%s %s", ns, vm.Name), fmt.Sprintf(
+		"clear the decision in force and start a new pod with a fresh restart window (writes annotation %s)", supervisor.AnnotationReset)}
+	if d.sev == sevStalled {
 		out = append(out, reset)
 	}
 	if vm.Spec.Paused {
 		out = append(out, Action{fmt.Sprintf("kubectl vend resume%s %s", ns, vm.Name), "let the supervisor act again (spec.paused=false)"})
 	} else {
-		out = append(out, Action{fmt.Sprintf("kubectl vend pause%s %s", ns, vm.Name), "stop the supervisor from acting while you look (spec.paused=true)"})
+		out = append(out, Action{fmt.Sprintf("kubectl vend pause%s %s", ns, vm.Name),
+			"stop the supervisor from acting while you look (spec.paused=true)"})
 	}
 	out = append(out, Action{fmt.Sprintf("kubectl vend events%s %s", ns, vm.Name), "the machine's own event log (GET /v1/events)"})
 	if pod := podOfFailure(vm); pod != "" {
 		out = append(out, Action{fmt.Sprintf("kubectl logs%s %s", ns, pod), "the failed vending process's output (its supervisor's too)"})
 	}
 	out = append(out, Action{fmt.Sprintf("kubectl describe vend%s %s", ns, vm.Name), "conditions and the operator's events"})
-	if d.State != "Stalled" {
+	if d.sev != sevStalled {
 		out = append(out, reset)
 	}
 	return out
@@ -132,75 +135,21 @@ func podOfFailure(vm *vendingv1alpha1.VendingMachine) string {
 // RenderWhy writes the diagnosis for a human.
 func RenderWhy(d Diagnosis, now time.Time, color bool) string {
 	p := painter(color)
-	sev := map[string]severity{"Stalled": sevStalled, "NotReady": sevNotReady, "Degraded": sevDegraded, "Ready": sevHealthy}[d.State]
 	var b strings.Builder
 	line := func(label, format string, args ...any) {
 		fmt.Fprintf(&b, "%-15s %s\n", label, fmt.Sprintf(format, args...))
 	}
 	fmt.Fprintf(&b, "%s %s/%s: %s\n", p.bold("VendingMachine"), d.Namespace, d.Machine,
-		p.paint(sev, fmt.Sprintf("%s (phase %s)", d.State, orDash(d.Phase))))
-	if d.StateReason != "" && sev != sevHealthy {
-		line("Why", "%s", p.paint(sev, d.StateReason+": "+d.StateDetail))
+		p.paint(d.sev, fmt.Sprintf("%s (phase %s)", d.State, orDash(d.Phase))))
+	if d.StateReason != "" && d.sev != sevHealthy {
+		line("Why", "%s", p.paint(d.sev, d.StateReason+": "+d.StateDetail))
 	}
-
-	if f := d.LastFailure; f == nil {
-		line("Last failure", "none")
-	} else {
-		where := "the operator restarts the machine with a new pod on the same log"
-		switch {
-		case f.InPlace:
-			where = "restarted in place: the pod's own supervisor replaced the process, the pod stayed"
-		case f.External:
-			where = "stopped from outside (not the machine's fault): recreated at once, outside the restart window"
-		case f.Action != vendingv1alpha1.ActionRestart:
-			where = "nothing restarts it: the failed pod stays as evidence until a reset"
-		}
-		line("Last failure", "%s, exit code %d, pod %s, %s ago (%s)", f.Reason, f.ExitCode, orDash(f.PodName),
-			duration.HumanDuration(now.Sub(f.Time.Time)), f.Time.UTC().Format(time.RFC3339))
-		if f.Message != "" {
-			line("", "message: %s", f.Message)
-		}
-		line("", "%s", where)
-		if f.PendingOrder != "" {
-			line("", "pending order %s (persisted, brewed on the next start)", f.PendingOrder)
-		}
-		if f.File != "" {
-			line("", "damage in %s at offset %d (last durable sequence %d)", f.File, f.Offset, f.Sequence)
-		}
-		decision := fmt.Sprintf("%s (%s): %s", orDash(string(f.Action)), orDash(f.DecisionReason), f.DecisionMessage)
-		if d.InForce {
-			decision += " [in force]"
-		}
-		line("Decision", "%s", decision)
-	}
+	failureLines(d, now, line)
 	if d.EscalatedTo != "" {
 		line("Escalated to", "%s", d.EscalatedTo)
 	}
-
-	budget := fmt.Sprintf("%d of %d restarts left in the %s window (%d used)", d.Budget.Left, d.Budget.MaxRestarts,
-		d.Budget.Window, d.Budget.Used)
-	if d.Budget.FreesAt != nil {
-		budget += fmt.Sprintf("; the oldest leaves the window in %s", duration.HumanDuration(d.Budget.FreesAt.Sub(now)))
-	}
-	switch {
-	case d.State == "Stalled":
-		budget += "; a reset empties the window"
-	case d.Budget.Left == 0:
-		budget += "; the next failure escalates"
-	}
-	line("Restart budget", "%s", budget)
-	switch {
-	case d.NextRestart != nil && d.NextRestart.After(now):
-		line("Next restart", "in %s (%s)", duration.HumanDuration(d.NextRestart.Sub(now)), d.NextRestart.UTC().Format(time.RFC3339))
-	case d.NextRestart != nil:
-		line("Next restart", "due since %s (%s)", duration.HumanDuration(now.Sub(d.NextRestart.Time)), d.NextRestart.UTC().Format(time.RFC3339))
-	case d.State == "Stalled":
-		line("Next restart", "none: only a reset moves the machine on")
-	case d.Paused:
-		line("Next restart", "none while paused")
-	default:
-		line("Next restart", "none pending")
-	}
+	line("Restart budget", "%s", budgetText(d, now))
+	line("Next restart", "%s", nextRestartText(d, now))
 	line("Counters", "restarts %d (in place %d), recreations %d, rolls %d, resets %d", d.Counters["restarts"],
 		d.Counters["inPlaceRestarts"], d.Counters["recreations"], d.Counters["rolls"], d.Counters["resets"])
 
@@ -213,6 +162,70 @@ func RenderWhy(d Diagnosis, now time.Time, color bool) string {
 		fmt.Fprintf(&b, "  %-*s  %s\n", width, a.Command, a.Does)
 	}
 	return b.String()
+}
+
+// failureLines say what failed, how, and what the supervisor decided about it.
+func failureLines(d Diagnosis, now time.Time, line func(label, format string, args ...any)) {
+	f := d.LastFailure
+	if f == nil {
+		line("Last failure", "none")
+		return
+	}
+	where := "the operator restarts the machine with a new pod on the same log"
+	switch {
+	case f.InPlace:
+		where = "restarted in place: the pod's own supervisor replaced the process, the pod stayed"
+	case f.External:
+		where = "stopped from outside (not the machine's fault): recreated at once, outside the restart window"
+	case f.Action != vendingv1alpha1.ActionRestart:
+		where = "nothing restarts it: the failed pod stays as evidence until a reset"
+	}
+	line("Last failure", "%s, exit code %d, pod %s, %s ago (%s)", f.Reason, f.ExitCode, orDash(f.PodName),
+		duration.HumanDuration(now.Sub(f.Time.Time)), f.Time.UTC().Format(time.RFC3339))
+	if f.Message != "" {
+		line("", "message: %s", f.Message)
+	}
+	line("", "%s", where)
+	if f.PendingOrder != "" {
+		line("", "pending order %s (persisted, brewed on the next start)", f.PendingOrder)
+	}
+	if f.File != "" {
+		line("", "damage in %s at offset %d (last durable sequence %d)", f.File, f.Offset, f.Sequence)
+	}
+	decision := fmt.Sprintf("%s (%s): %s", orDash(string(f.Action)), orDash(f.DecisionReason), f.DecisionMessage)
+	if d.InForce {
+		decision += " [in force]"
+	}
+	line("Decision", "%s", decision)
+}
+
+func budgetText(d Diagnosis, now time.Time) string {
+	s := fmt.Sprintf("%d of %d restarts left in the %s window (%d used)", d.Budget.Left, d.Budget.MaxRestarts,
+		d.Budget.Window, d.Budget.Used)
+	if d.Budget.FreesAt != nil {
+		s += fmt.Sprintf("; the oldest leaves the window in %s", duration.HumanDuration(d.Budget.FreesAt.Sub(now)))
+	}
+	switch {
+	case d.sev == sevStalled:
+		s += "; a reset empties the window"
+	case d.Budget.Left == 0:
+		s += "; the next failure escalates"
+	}
+	return s
+}
+
+func nextRestartText(d Diagnosis, now time.Time) string {
+	switch {
+	case d.NextRestart != nil && d.NextRestart.After(now):
+		return fmt.Sprintf("in %s (%s)", duration.HumanDuration(d.NextRestart.Sub(now)), d.NextRestart.UTC().Format(time.RFC3339))
+	case d.NextRestart != nil:
+		return fmt.Sprintf("due since %s (%s)", duration.HumanDuration(now.Sub(d.NextRestart.Time)), d.NextRestart.UTC().Format(time.RFC3339))
+	case d.sev == sevStalled:
+		return "none: only a reset moves the machine on"
+	case d.Paused:
+		return "none while paused"
+	}
+	return "none pending"
 }
 
 func orDash(s string) string {
