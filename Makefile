@@ -117,9 +117,17 @@ bench-scale: build controlplane ## The operator at scale (envtest): 1,000 machin
 ##@ Build
 
 .PHONY: build
-build: manifests generate fmt vet ## Build the manager and vending pod binaries into bin/.
+build: manifests generate fmt vet build-plugin ## Build the manager, vending pod and kubectl-vend binaries into bin/.
 	CGO_ENABLED=0 go build -trimpath -o bin/manager ./cmd/manager
 	CGO_ENABLED=0 go build -trimpath -o bin/vendingpod ./cmd/vendingpod
+
+.PHONY: build-plugin
+build-plugin: ## Build the kubectl plugin into bin/kubectl-vend (put bin/ on PATH: kubectl vend).
+	CGO_ENABLED=0 go build -trimpath -o bin/kubectl-vend ./cmd/kubectl-vend
+
+.PHONY: plugin-release
+plugin-release: ## kubectl-vend archives for krew (linux/darwin, amd64/arm64) and their manifest in dist/krew (VERSION=v0.1.0).
+	hack/krew/release.sh $(or $(VERSION),v0.1.0)
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager on this machine against the current kubeconfig.
