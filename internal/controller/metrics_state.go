@@ -29,25 +29,35 @@ import (
 // Series at 10,000 machines: two per machine (phase, restarts), seven per namespace, four
 // per fleet. The labels namespace and name are the object's, so the ServiceMonitor keeps them
 // (honorLabels) instead of letting the scrape target's namespace rename them.
+// The labels of the state metrics: the object's own namespace and name.
+const labelNamespace, labelName, labelPhase = "namespace", "name", "phase"
+
+var (
+	byNamespacePhase = []string{labelNamespace, labelPhase}
+	byObject         = []string{labelNamespace, labelName}
+	byObjectPhase    = []string{labelNamespace, labelName, labelPhase}
+)
+
 var (
 	machinesDesc = prometheus.NewDesc("vending_machines",
 		"VendingMachines by namespace and status.phase (Unknown: not reconciled yet).",
-		[]string{"namespace", "phase"}, nil)
+		byNamespacePhase, nil)
 	machinePhaseDesc = prometheus.NewDesc("vending_machine_phase",
 		"1 for each VendingMachine, labelled with its status.phase (Unknown: not reconciled yet).",
-		[]string{"namespace", "name", "phase"}, nil)
+		byObjectPhase, nil)
 	machineRestartsDesc = prometheus.NewDesc("vending_machine_restarts_total",
-		"status.restarts of each VendingMachine: the supervisors' restarts after its own failures, in place or with a new pod, in the machine's life.",
-		[]string{"namespace", "name"}, nil)
+		"status.restarts of each VendingMachine: the supervisors' restarts after its own failures, "+
+			"in place or with a new pod, in the machine's life.",
+		byObject, nil)
 	fleetEscalatedDesc = prometheus.NewDesc("vending_fleet_escalated",
 		"1 while a VendingFleet's Escalated condition is True (it waits for humans), else 0.",
-		[]string{"namespace", "name"}, nil)
+		byObject, nil)
 	fleetMachinesDesc = prometheus.NewDesc("vending_fleet_machines",
-		"status.replicas of each VendingFleet: the machines it has.", []string{"namespace", "name"}, nil)
+		"status.replicas of each VendingFleet: the machines it has.", byObject, nil)
 	fleetReadyMachinesDesc = prometheus.NewDesc("vending_fleet_ready_machines",
-		"status.readyMachines of each VendingFleet.", []string{"namespace", "name"}, nil)
+		"status.readyMachines of each VendingFleet.", byObject, nil)
 	fleetDesiredMachinesDesc = prometheus.NewDesc("vending_fleet_desired_machines",
-		"spec.replicas of each VendingFleet.", []string{"namespace", "name"}, nil)
+		"spec.replicas of each VendingFleet.", byObject, nil)
 )
 
 // phaseUnknown labels a machine the operator has not written a phase for yet.
