@@ -1,9 +1,6 @@
 package depstmp
 
 import (
-	_ "github.com/prometheus/prometheus/model/rulefmt"
-	_ "github.com/prometheus/prometheus/promql/promqltest"
-	_ "github.com/prometheus/prometheus/rules"
 	_ "github.com/spf13/cobra"
 	_ "github.com/yuin/gopher-lua"
 	_ "k8s.io/cli-runtime/pkg/genericclioptions"
