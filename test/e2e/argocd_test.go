@@ -5,8 +5,10 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -54,13 +56,14 @@ func TestArgoCDHealthOfLiveMachines(t *testing.T) {
 		vm.Spec.Supervision.Decider = []vendingv1alpha1.DeciderRule{{Reason: contract.ReasonKilled, Action: vendingv1alpha1.ActionStop}}
 	}))
 
-	// coffee restarts once in its window (after a backoff long enough to be written down) and
-	// escalates on the second failure.
+	// coffee restarts once in its window and escalates on the second failure. Its backoff outlasts
+	// the kubelet's report of the failure: the restart time counts from the container's end, and
+	// a shorter one is over before the operator hears of the failure (no BackingOff to see).
 	coffee := watchObject(t, res, "coffee")
 	created := createLive(t, res, liveMachine(ns, "coffee", func(vm *vendingv1alpha1.VendingMachine) {
 		vm.Spec.Supervision.MaxRestarts = ptr.To[int32](1)
 		vm.Spec.Supervision.Window = &metav1.Duration{Duration: 10 * time.Minute}
-		vm.Spec.Supervision.Backoff.Initial = &metav1.Duration{Duration: 2 * time.Second}
+		vm.Spec.Supervision.Backoff.Initial = &metav1.Duration{Duration: 15 * time.Second}
 	}))
 	a.check("new", created, argocdhealth.Progressing)
 	a.check("starting", coffee.await(t, 0, "starting its first pod", func(u *unstructured.Unstructured) bool {
@@ -406,8 +409,27 @@ func (v *versions) await(t *testing.T, from int, what string, match func(*unstru
 			}
 		}
 		return false
-	}).WithTimeout(4*time.Minute).Should(BeTrue(), "no version of the object was %s", what)
+	}).WithTimeout(4*time.Minute).Should(BeTrue(), "no version of the object was %s; the versions seen:\n%s", what, v)
 	return found
+}
+
+// String lists the versions seen, one a line: what the awaiting tells apart.
+func (v *versions) String() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var b strings.Builder
+	for i, u := range v.seen {
+		og, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
+		phase, _, _ := unstructured.NestedString(u.Object, "status", "phase")
+		fmt.Fprintf(&b, "%3d rv %s generation %d observed %d phase %s:", i, u.GetResourceVersion(), u.GetGeneration(), og, phase)
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			c, _ := c.(map[string]any)
+			fmt.Fprintf(&b, " %v=%v(%v)", c["type"], c["status"], c["reason"])
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
 
 // observed: the status describes the object's current generation.
