@@ -85,6 +85,10 @@ func TestResetWritesOnlyTheResetAnnotationANewValueEachTime(t *testing.T) {
 	if got := wrote(after); got != `{"f:metadata":{"f:annotations":{"f:vending.resilience.dev/reset":{}}}}` {
 		t.Errorf("the plugin's managed fields: %s", got)
 	}
+	// Until the operator carries the reset out (no operator runs here), status says it is pending.
+	if out := mustVend(t, "-n", ns, "status", "coffee"); !strings.Contains(out, "RestartIntensityExceeded: reset requested, not yet carried out") {
+		t.Errorf("status of a machine with a pending reset:\n%s", out)
+	}
 
 	// Again within the same second: a new value all the same (the operator resets on a change).
 	again := mustVend(t, "-n", ns, "reset", "machine/coffee")
