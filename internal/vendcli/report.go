@@ -19,11 +19,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 )
+
+// logTailLines bounds each log in a report to its newest lines: an operator that ran for weeks
+// has more log than a bug report needs.
+const logTailLines = 20000
 
 // ReportOptions say what a report collects.
 type ReportOptions struct {
@@ -152,7 +157,7 @@ func podLogs(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, dir 
 				file = path.Join(dir, pod.Name, name+".previous.log")
 			}
 			data, err := cs.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name,
-				&corev1.PodLogOptions{Container: name, Previous: previous}).DoRaw(ctx)
+				&corev1.PodLogOptions{Container: name, Previous: previous, TailLines: ptr.To[int64](logTailLines)}).DoRaw(ctx)
 			if err != nil {
 				log.fail(file, err)
 				continue
@@ -168,7 +173,8 @@ func podLogs(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, dir 
 func readme(o ReportOptions, log *reportLog) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "kubectl vend report of namespace %s, %s\n\n", o.Namespace, o.Now.UTC().Format(time.RFC3339))
-	b.WriteString("Secrets are never collected. Objects are as the API server returned them (managed fields left out).\n\n")
+	b.WriteString("Secrets are never collected. Objects are as the API server returned them (managed fields left out).\n")
+	fmt.Fprintf(&b, "Logs are the newest %d lines of each container (previous: the run before a container restart).\n\n", logTailLines)
 	fmt.Fprintf(&b, "Collected (%d):\n", len(log.collected)+1)
 	for _, f := range append(slices.Clone(log.collected), "README.txt") {
 		fmt.Fprintf(&b, "  %s\n", f)
