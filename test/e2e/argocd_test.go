@@ -151,8 +151,11 @@ func TestArgoCDHealthOfLiveFleet(t *testing.T) {
 
 	mark = lobby.len()
 	killContainer(NewWithT(t), &vendingv1alpha1.VendingMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lobby-0"}})
+	// The fleet answers the escalation in the pass that sees it (it resets the machine before it
+	// reports), so what it shows while handling it is a machine not Ready, one escalation used.
 	handling := lobby.await(t, mark, "handling an escalated machine", func(u *unstructured.Unstructured) bool {
-		return observed(u) && conditionIs(u, "Degraded", "True", "MachinesEscalated") && !conditionIs(u, "Escalated", "True", "")
+		n, _, _ := unstructured.NestedInt64(u.Object, "status", "escalationCount")
+		return observed(u) && n == 1 && conditionIs(u, "Ready", "False", "") && !conditionIs(u, "Escalated", "True", "")
 	})
 	a.check("machine-escalated", handling, argocdhealth.Progressing)
 	mark = lobby.after(lobby.await(t, lobby.after(handling), "ready after the reset", fleetReady))
@@ -421,7 +424,9 @@ func (v *versions) String() string {
 	for i, u := range v.seen {
 		og, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
 		phase, _, _ := unstructured.NestedString(u.Object, "status", "phase")
-		fmt.Fprintf(&b, "%3d rv %s generation %d observed %d phase %s:", i, u.GetResourceVersion(), u.GetGeneration(), og, phase)
+		escalations, _, _ := unstructured.NestedInt64(u.Object, "status", "escalationCount")
+		fmt.Fprintf(&b, "%3d rv %s generation %d observed %d phase %s escalations %d:", i, u.GetResourceVersion(), u.GetGeneration(),
+			og, phase, escalations)
 		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 		for _, c := range conds {
 			c, _ := c.(map[string]any)
