@@ -268,9 +268,7 @@ func (t *treeBuilder) machine(vm *vendingv1alpha1.VendingMachine, j judgement, p
 	if name := vm.Status.PodName; name != "" {
 		children = append(children, t.podRow(vm.Namespace, name))
 	}
-	if claim := cmp.Or(vm.Status.LogClaim, vm.Name+"-log"); claim != "" {
-		children = append(children, t.claimRow(vm.Namespace, claim))
-	}
+	children = append(children, t.claimRow(vm.Namespace, cmp.Or(vm.Status.LogClaim, vm.Name+"-log")))
 	for i, r := range children {
 		r.prefix = child + branch(i == len(children)-1)
 		t.add(r)
@@ -423,6 +421,11 @@ func renderRows(rows []row, o TreeOptions) string {
 	header := row{namespace: "NAMESPACE", name: "NAME", ready: "READY", phase: "PHASE", restarts: "RESTARTS",
 		since: "SINCE", message: "MESSAGE", sev: sevNone}
 	all := append([]row{header}, rows...)
+	first := 0 // the NAME column; NAMESPACE comes before it with -A
+	if o.Namespaces {
+		first = 1
+	}
+	nameCol, phaseCol, messageCol := first, first+2, first+5
 	cells := func(r row) []string {
 		c := []string{r.prefix + r.name, r.ready, r.phase, r.restarts, r.since, r.message}
 		if o.Namespaces {
@@ -449,10 +452,9 @@ func renderRows(rows []row, o TreeOptions) string {
 			switch {
 			case n == 0:
 				c = p.bold(c)
-			case i == len(cs)-6: // NAME: the tree stays plain, the name takes the color
-				prefix := r.prefix
-				c = prefix + p.paint(r.sev, strings.TrimPrefix(c, prefix))
-			case i == len(cs)-4 || i == len(cs)-1: // PHASE and MESSAGE
+			case i == nameCol: // the tree stays plain, the name takes the color
+				c = r.prefix + p.paint(r.sev, r.name)
+			case i == phaseCol || i == messageCol:
 				c = p.paint(r.sev, c)
 			}
 			line.WriteString(c + pad)
