@@ -8,9 +8,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/meta"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
@@ -91,25 +91,32 @@ func init() {
 // SetupMetrics makes the manager's cache the source of the state metrics for as long as the
 // manager leads (every manager, with leader election off).
 func SetupMetrics(mgr ctrl.Manager) error {
-	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		c := mgr.GetCache()
-		// The same informers the controllers use: reporting adds no watch.
-		for _, obj := range []client.Object{&vendingv1alpha1.VendingMachine{}, &vendingv1alpha1.VendingFleet{}} {
-			if _, err := c.GetInformer(ctx, obj); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
+	return mgr.Add(stateSource{mgr.GetCache()})
+}
+
+// stateSource lends the state collector a manager's cache while the manager leads.
+type stateSource struct{ cache cache.Cache }
+
+// NeedLeaderElection: a standby reports nothing (see the state metrics above).
+func (stateSource) NeedLeaderElection() bool { return true }
+
+func (s stateSource) Start(ctx context.Context) error {
+	// The same informers the controllers use: reporting adds no watch.
+	for _, obj := range []client.Object{&vendingv1alpha1.VendingMachine{}, &vendingv1alpha1.VendingFleet{}} {
+		if _, err := s.cache.GetInformer(ctx, obj); err != nil {
+			if ctx.Err() != nil {
+				return nil
 			}
+			return err
 		}
-		if !c.WaitForCacheSync(ctx) {
-			return nil
-		}
-		state.use(c)
-		<-ctx.Done()
-		state.release(c)
+	}
+	if !s.cache.WaitForCacheSync(ctx) {
 		return nil
-	}))
+	}
+	state.use(s.cache)
+	<-ctx.Done()
+	state.release(s.cache)
+	return nil
 }
 
 func (s *stateCollector) use(r client.Reader) {
