@@ -66,9 +66,10 @@ func expectOnlyGitopsWritesSpec(g Gomega, obj client.Object) {
 		if m.Manager == gitops || m.FieldsV1 == nil {
 			continue
 		}
-		g.Expect(string(m.FieldsV1.Raw)).NotTo(ContainSubstring(`"f:spec"`),
+		fields := m.FieldsV1.GetRawString()
+		g.Expect(fields).NotTo(ContainSubstring(`"f:spec"`),
 			"%s %s: manager %q (subresource %q) owns spec fields: %s", obj.GetObjectKind().GroupVersionKind().Kind,
-			obj.GetName(), m.Manager, m.Subresource, m.FieldsV1.Raw)
+			obj.GetName(), m.Manager, m.Subresource, fields)
 	}
 	g.Expect(strings.Join(writers, ",")).To(ContainSubstring("/status"), "the operator wrote the status, so the check had a writer to check")
 }
