@@ -83,6 +83,18 @@ type fleetObservation struct {
 // Reconcile moves one VendingFleet toward its spec: observe the machines, create and delete
 // them, reset the escalated ones, roll one machine, then one status patch.
 func (r *VendingFleetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	result, err := r.reconcile(ctx, req)
+	if apierrors.IsConflict(err) {
+		// A write from a stale read (usually the cache behind this operator's own last write)
+		// was refused: routine, as for a machine, not a reconcile error for alerts to count.
+		// What the pass did before it is idempotent (the recorded plan), so it runs again anew.
+		conflictsTotal.WithLabelValues("VendingFleet").Inc()
+		return ctrl.Result{RequeueAfter: conflictRetry}, nil
+	}
+	return result, err
+}
+
+func (r *VendingFleetReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	f := &vendingv1alpha1.VendingFleet{}
 	if err := r.Get(ctx, req.NamespacedName, f); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)

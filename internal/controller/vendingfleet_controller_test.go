@@ -290,7 +290,9 @@ func TestFleetRollsOneMachineAtATime(t *testing.T) {
 		g.Expect(c.Message).To(ContainSubstring("f-0"))
 	}).Should(Succeed())
 	g.Expect(podExists(ns, "f-1-2")).To(BeFalse(), "a stalled rollout rolls nothing more")
-	g.Expect(fleetEventReasons(g, f)).To(ContainElement(ReasonRolloutStalled))
+	g.Eventually(func(g Gomega) { // events are sent after the status write, asynchronously
+		g.Expect(fleetEventReasons(g, f)).To(ContainElement(ReasonRolloutStalled))
+	}).Should(Succeed())
 }
 
 func TestBadFleetsAreRejected(t *testing.T) {
