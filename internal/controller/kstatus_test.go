@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
@@ -14,6 +17,7 @@ import (
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
 // kstatusTable collects what kstatus (the library Flux, kpt and cli-utils use to wait on
@@ -199,4 +203,19 @@ func waitReconciling(g Gomega, vm *vendingv1alpha1.VendingMachine, reason string
 func patchMachine(g Gomega, vm *vendingv1alpha1.VendingMachine, mergePatch string) {
 	g.Expect(k8sClient.Patch(context.Background(), newMachine(vm.Namespace, vm.Name, nil),
 		client.RawPatch("application/merge-patch+json", []byte(mergePatch)))).To(Succeed())
+}
+
+// Stalled says why a machine needs a human in the decider's words, also while it is paused
+// (Progressing then says "paused"; Argo CD shows Stalled's message as the Degraded message).
+func TestStalledOfAPausedStoppedMachineSaysTheDecision(t *testing.T) {
+	vm := &vendingv1alpha1.VendingMachine{ObjectMeta: metav1.ObjectMeta{Name: "m", Namespace: "n", Generation: 2}}
+	vm.Spec.Paused = true
+	vm.Status.PodName = "m-0"
+	vm.Status.LastFailure = &vendingv1alpha1.Failure{PodName: "m-0", Reason: "Panic", Action: vendingv1alpha1.ActionStop,
+		DecisionReason: "DeciderStops", DecisionMessage: "the decider stops the machine on Panic"}
+	st := computeStatus(vm, supervisor.Step{Memory: supervisor.MemoryOf(&vm.Status)}, observation{}, time.Now())
+	stalled := meta.FindStatusCondition(st.Conditions, vendingv1alpha1.ConditionStalled)
+	if stalled == nil || stalled.Reason != ReasonStopped || stalled.Message != "the decider stops the machine on Panic" {
+		t.Fatalf("Stalled = %+v, want Stopped with the decider's message", stalled)
+	}
 }

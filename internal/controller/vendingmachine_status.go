@@ -97,7 +97,8 @@ func computeStatus(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, o o
 	case mem.Escalated():
 		stalled = &escalated
 	case mem.Stopped():
-		stalled = &metav1.Condition{Reason: ReasonStopped, Message: progressing.Message}
+		// The decider's words, not Progressing's (which says "paused" on a paused machine).
+		stalled = &metav1.Condition{Reason: ReasonStopped, Message: orDefault(mem.Pending().DecisionMessage, "stopped by the decider")}
 	}
 	setKstatusConditions(&st.Conditions, vm.Generation, progressing, stalled)
 	st.Phase = phaseOf(vm, step, pod, ready, o)
