@@ -369,7 +369,11 @@ func (r *VendingFleetReconciler) quarantine(ctx context.Context, f *vendingv1alp
 func (r *VendingFleetReconciler) roll(ctx context.Context, f *vendingv1alpha1.VendingFleet,
 	vm *vendingv1alpha1.VendingMachine, now time.Time) error {
 	want := desiredMachine(f, machineIndex(f, vm.Name))
+	// A machine's pause is a human's switch on that machine (kubectl vend pause f-0): a roll
+	// takes the template's spec but keeps it. The fleet's own spec.paused stops the fleet.
+	paused := vm.Spec.Paused
 	vm.Spec = want.Spec
+	vm.Spec.Paused = paused
 	for k, v := range want.Labels {
 		vm.Labels[k] = v
 	}

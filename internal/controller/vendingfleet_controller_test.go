@@ -295,6 +295,27 @@ func TestFleetRollsOneMachineAtATime(t *testing.T) {
 	}).Should(Succeed())
 }
 
+// A human paused one machine of the fleet; rolling the fleet's template to it does not undo
+// that (it did: the roll replaced the whole spec).
+func TestFleetRollKeepsAMachinesPause(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	f := createFleet(t, ns, 1, nil)
+	runFleet(g, f, 1)
+	patchMachine(g, fleetMachine(ns, 0), `{"spec":{"paused":true}}`)
+
+	got := getFleet(g, f)
+	patch := client.MergeFrom(got.DeepCopy())
+	got.Spec.Template.Spec.Menu = []vendingv1alpha1.Beverage{{Name: "Espresso", Price: 3}}
+	g.Expect(k8sClient.Patch(ctx, got, patch)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		vm := getMachine(g, fleetMachine(ns, 0))
+		g.Expect(vm.Spec.Menu).To(Equal(got.Spec.Template.Spec.Menu), "rolled")
+		g.Expect(vm.Spec.Paused).To(BeTrue(), "the roll unpaused a machine a human paused")
+	}).Should(Succeed())
+}
+
 func TestBadFleetsAreRejected(t *testing.T) {
 	ns := newNamespace(t)
 	tests := []struct {
