@@ -9,6 +9,10 @@
 // (decodeValue), the script's last return value must be a table, and it is read through JSON into
 // {status, message}; a status Argo CD does not know becomes Unknown. A script that runs here
 // therefore runs in Argo CD, with the same result.
+//
+// Before any health check, Argo CD (gitops-engine pkg/health, GetResourceHealth) shows an object
+// being deleted as Progressing, "Pending deletion", unless it is a sync hook holding Argo CD's hook
+// finalizer; Run does the same, so the script never sees such an object.
 package argocdhealth
 
 import (
@@ -18,9 +22,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	lua "github.com/yuin/gopher-lua"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
 
@@ -49,6 +55,28 @@ const timeout = time.Second
 // Run runs a health script on an object (as decoded from JSON or YAML, or from an unstructured
 // object: numbers may be float64 or int64) and returns what Argo CD would show.
 func Run(script string, obj map[string]any) (Status, error) {
+	if pendingDeletion(obj) {
+		return Status{Status: Progressing, Message: pendingDeletionMessage}, nil
+	}
+	return runScript(script, obj)
+}
+
+// Argo CD's health of an object being deleted, and the finalizer of its sync hooks that makes
+// the exception (gitops-engine pkg/sync/hook).
+const (
+	pendingDeletionMessage = "Pending deletion"
+	hookFinalizer          = "argocd.argoproj.io/hook-finalizer"
+)
+
+// pendingDeletion says whether Argo CD shows the object as pending deletion without running its
+// health check: it has a deletionTimestamp and is not a sync hook Argo CD holds.
+func pendingDeletion(obj map[string]any) bool {
+	u := unstructured.Unstructured{Object: obj}
+	return u.GetDeletionTimestamp() != nil && !slices.Contains(u.GetFinalizers(), hookFinalizer)
+}
+
+// runScript runs the script as Argo CD runs an argocd-cm health script.
+func runScript(script string, obj map[string]any) (Status, error) {
 	L := lua.NewState(lua.Options{SkipOpenLibs: true})
 	defer L.Close()
 	for _, lib := range []struct {

@@ -151,9 +151,10 @@ func TestArgoCMPatchHoldsTheScripts(t *testing.T) {
 // kstatus (Flux, kpt, cli-utils) and the Argo CD health agree on every fixture where it matters:
 // kstatus Failed exactly when Argo CD shows Degraded, and kstatus Current only where Argo CD
 // shows Healthy or Suspended. The one exception is an object the operator has not yet written a
-// status to, which kstatus cannot tell from a current one (it reads no condition and no
-// observedGeneration as Current); the CRDs default status.observedGeneration to 0, so the API
-// server never serves such a machine or fleet.
+// condition to, which kstatus cannot tell from a current one (it reads no condition as Current):
+// no status at all (the CRDs default status.observedGeneration to 0, so the API server never
+// serves such a machine or fleet), or a status without conditions (the operator writes Ready
+// with its first status).
 func TestKstatusAgreesWithArgoCD(t *testing.T) {
 	for _, dir := range customizations(t) {
 		script, err := ReadScript(dir)
@@ -238,6 +239,33 @@ func TestRunOpensWhatArgoCDOpens(t *testing.T) {
 	}
 }
 
+// An object being deleted is Progressing, "Pending deletion", whatever its script says, as in
+// Argo CD; a sync hook Argo CD holds with its finalizer is the exception.
+func TestRunShowsPendingDeletion(t *testing.T) {
+	script := `return {status = "Degraded", message = "the script ran"}`
+	for _, tc := range []struct {
+		name     string
+		metadata map[string]any
+		want     Status
+	}{
+		{"not deleted", map[string]any{"finalizers": []any{hookFinalizer}}, Status{Degraded, "the script ran"}},
+		{"deleted", map[string]any{"deletionTimestamp": "2026-11-30T00:20:00Z", "finalizers": []any{"foregroundDeletion"}},
+			Status{Progressing, "Pending deletion"}},
+		{"a deleted hook", map[string]any{"deletionTimestamp": "2026-11-30T00:20:00Z", "finalizers": []any{hookFinalizer}},
+			Status{Degraded, "the script ran"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Run(script, map[string]any{"metadata": tc.metadata})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestMergeKeepsHandWrittenCases(t *testing.T) {
 	tests := Tests{Tests: []Test{
 		{Status{Progressing, "hand"}, "testdata/no-status.yaml"},
@@ -254,10 +282,11 @@ func TestMergeKeepsHandWrittenCases(t *testing.T) {
 	}
 }
 
-// Agree's one exception is an object without any status, and only for kstatus Current.
+// Agree's one exception is an object without any condition, and only for kstatus Current.
 func TestAgree(t *testing.T) {
 	noStatus := map[string]any{"metadata": map[string]any{}}
-	withStatus := map[string]any{"status": map[string]any{}}
+	noConditions := map[string]any{"status": map[string]any{"observedGeneration": int64(1), "conditions": []any{}}}
+	withStatus := map[string]any{"status": map[string]any{"conditions": []any{map[string]any{"type": "Ready", "status": "False"}}}}
 	for _, tc := range []struct {
 		ks     status.Status
 		health string
@@ -272,6 +301,8 @@ func TestAgree(t *testing.T) {
 		{status.CurrentStatus, Suspended, withStatus, true},
 		{status.CurrentStatus, Progressing, withStatus, false},
 		{status.CurrentStatus, Progressing, noStatus, true},
+		{status.CurrentStatus, Progressing, noConditions, true},
+		{status.FailedStatus, Progressing, noConditions, false},
 		{status.InProgressStatus, Healthy, withStatus, true},
 	} {
 		if err := Agree(tc.ks, tc.health, tc.obj); (err == nil) != tc.agree {

@@ -21,32 +21,53 @@ local function isTrue(t)
   return c ~= nil and c.status == "True"
 end
 
+-- A condition's message, "" when it has none (concatenating nil fails the script).
+local function messageOf(c)
+  return c.message or ""
+end
+
+-- The first condition, in list order, of Reconciling=True and Stalled=True: kstatus takes the
+-- first one it meets (InProgress or Failed), so Degraded only when kstatus says Failed.
+local function firstAbnormal()
+  if obj.status == nil or obj.status.conditions == nil then
+    return nil
+  end
+  for _, c in ipairs(obj.status.conditions) do
+    if (c.type == "Reconciling" or c.type == "Stalled") and c.status == "True" then
+      return c
+    end
+  end
+  return nil
+end
+
 local function withDegraded(message)
   if isTrue("Degraded") then
-    return message .. "; " .. condition("Degraded").message
+    return message .. "; " .. messageOf(condition("Degraded"))
   end
   return message
 end
 
 local generation = obj.metadata.generation
 local observed = obj.status ~= nil and obj.status.observedGeneration or nil
-if generation ~= nil and observed ~= nil and observed < generation then
+-- ~=, as kstatus: an observedGeneration ahead of the object is not one the operator acted on.
+if generation ~= nil and observed ~= nil and observed ~= generation then
   return {status = "Progressing", message = "waiting for the operator to observe generation " .. generation}
 end
-if isTrue("Stalled") then
-  return {status = "Degraded", message = condition("Stalled").message}
+local abnormal = firstAbnormal()
+if abnormal ~= nil and abnormal.type == "Stalled" then
+  return {status = "Degraded", message = messageOf(abnormal)}
 end
 if obj.spec ~= nil and obj.spec.paused == true then
   return {status = "Suspended", message = "spec.paused: the operator does not act on this machine"}
 end
-if isTrue("Reconciling") then
-  return {status = "Progressing", message = condition("Reconciling").message}
+if abnormal ~= nil then
+  return {status = "Progressing", message = messageOf(abnormal)}
 end
 local ready = condition("Ready")
 if ready == nil then
   return {status = "Progressing", message = "waiting for the operator to report the machine's status"}
 end
 if ready.status == "True" then
-  return {status = "Healthy", message = withDegraded(ready.message)}
+  return {status = "Healthy", message = withDegraded(messageOf(ready))}
 end
-return {status = "Progressing", message = withDegraded(ready.message)}
+return {status = "Progressing", message = withDegraded(messageOf(ready))}
