@@ -103,9 +103,30 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	step, err := r.decide(ctx, vm, &o, now)
 	if err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, r.sayRefused(ctx, vm, err)
 	}
 	return r.carryOut(ctx, vm, step, o, now)
+}
+
+// sayRefused puts a refusal to create a child (its claim, Service or pod) into the machine's
+// status and a Warning event, where kubectl describe, kstatus and Argo CD look; it returns err
+// for the retry with backoff. Other errors (timeouts, a server away) are retried silently.
+func (r *VendingMachineReconciler) sayRefused(ctx context.Context, vm *vendingv1alpha1.VendingMachine, err error) error {
+	if !refused(err) {
+		return err
+	}
+	before := vm.DeepCopy()
+	markRefused(&vm.Status, vm.Generation, err)
+	if equality.Semantic.DeepEqual(before.Status, vm.Status) {
+		return err // said already
+	}
+	if werr := r.writeStatus(ctx, vm, before); werr == nil {
+		r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, ReasonCreateRefused, "Create", "%v", err)
+	}
+	return err
 }
 
 // decide is the supervisor's choice for this pass. A step that creates a pod is decided again
@@ -168,6 +189,10 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	if actErr == nil {
 		vm.Status.ObservedGeneration = vm.Generation
 	}
+	stalledBefore := meta.FindStatusCondition(read.Status.Conditions, vendingv1alpha1.ConditionStalled)
+	if refused(actErr) {
+		markRefused(&vm.Status, vm.Generation, actErr)
+	}
 	var result ctrl.Result
 	if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
 		result.RequeueAfter = conflictRetry
@@ -176,6 +201,9 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	} else if err == nil {
 		// Recovered once the status that says Ready reached the API server: a pass whose write
 		// failed announces nothing, and the next one, reading Ready, announces it then.
+		if refused(actErr) && (stalledBefore == nil || stalledBefore.Reason != ReasonCreateRefused) {
+			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, ReasonCreateRefused, "Create", "%v", actErr)
+		}
 		r.announceRecovery(read, vm, o)
 		observeRecovery(read, vm, o.pod(vm.Status.PodName))
 	}
@@ -287,7 +315,11 @@ func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object
 		return err
 	}
 	if err := r.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
+		kind := fmt.Sprintf("%T", obj)
+		if gvk, gerr := r.GroupVersionKindFor(obj); gerr == nil {
+			kind = gvk.Kind
+		}
+		return fmt.Errorf("creating %s %s: %w", kind, obj.GetName(), err)
 	}
 	logf.FromContext(ctx).Info(fmt.Sprintf("Created %T", obj), "object", klogRef(obj))
 	return nil
@@ -365,7 +397,7 @@ func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.
 		if r.identities != nil {
 			r.identities.Delete(vm.Namespace) // the ServiceAccount may be gone: made sure of again
 		}
-		return err
+		return fmt.Errorf("creating Pod %s: %w", pod.Name, err)
 	}
 	logf.FromContext(ctx).Info("Created Pod", "pod", klogRef(pod), "cause", step.Memory.PodCause)
 	if step.Memory.PodCause == vendingv1alpha1.PodRestarted {

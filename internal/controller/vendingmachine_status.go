@@ -5,6 +5,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -55,6 +56,10 @@ const (
 	ReasonRecreating   = "Recreating"
 	ReasonResetting    = "Resetting"
 	ReasonStartingPod  = "StartingPod"
+	// ReasonCreateRefused on Ready and Stalled: the API server refused to create the machine's
+	// claim, Service or pod (RBAC, an admission policy, a quota). A human must allow it or
+	// change the spec; the operator retries with backoff meanwhile.
+	ReasonCreateRefused = "CreateRefused"
 	// ReasonCorruptLog on Escalated (of a machine or a fleet): the machine's log is corrupt and
 	// waits for humans with its claim intact.
 	ReasonCorruptLog = "CorruptLog"
@@ -125,6 +130,30 @@ func setKstatusConditions(conds *[]metav1.Condition, generation int64, progressi
 	}
 	set(vendingv1alpha1.ConditionReconciling, reconciling)
 	set(vendingv1alpha1.ConditionStalled, stalled)
+}
+
+// refused: the API server refused a request for good (403 Forbidden: RBAC, an admission
+// policy, a quota; 422 Invalid), as opposed to failing it for a while.
+func refused(err error) bool {
+	return err != nil && (apierrors.IsForbidden(err) || apierrors.IsInvalid(err))
+}
+
+// markRefused says, in the conditions kubectl, kstatus and Argo CD read, that the machine
+// cannot be brought up until a human allows what was refused: Ready=False and Stalled=True
+// with the API server's words, for the spec as it is (observedGeneration). The next pass that
+// gets through rebuilds the conditions and Stalled goes.
+func markRefused(st *vendingv1alpha1.VendingMachineStatus, generation int64, err error) {
+	msg := fmt.Sprintf("%v. Allow it (RBAC, admission policies, quotas) or change the spec; the operator retries meanwhile", err)
+	for _, t := range []string{vendingv1alpha1.ConditionReady, vendingv1alpha1.ConditionStalled} {
+		s := metav1.ConditionFalse
+		if t == vendingv1alpha1.ConditionStalled {
+			s = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: ReasonCreateRefused,
+			Message: msg, ObservedGeneration: generation})
+	}
+	meta.RemoveStatusCondition(&st.Conditions, vendingv1alpha1.ConditionReconciling)
+	st.ObservedGeneration = generation
 }
 
 func cond(t string, s metav1.ConditionStatus, reason, msg string) metav1.Condition {
