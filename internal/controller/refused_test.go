@@ -20,11 +20,11 @@ import (
 // the API server's words (kstatus Failed, not InProgress until a pipeline's timeout), and one
 // Warning event. It said nothing: the refusal was only in the operator's log.
 func TestARefusedChildIsSaid(t *testing.T) {
-	for _, resource := range []string{"persistentvolumeclaims", "pods"} {
-		t.Run(resource, func(t *testing.T) {
+	for _, kind := range []string{"persistentvolumeclaims", "pods"} {
+		t.Run(kind, func(t *testing.T) {
 			g := NewWithT(t)
 			ns := newNamespace(t)
-			undo := refuse(g, ns, resource)
+			undo := refuse(g, ns, kind)
 			vm := createMachine(t, ns, "coffee", nil)
 			g.Eventually(func(g Gomega) {
 				got := getMachine(g, vm)
