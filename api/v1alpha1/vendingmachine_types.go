@@ -245,7 +245,9 @@ const (
 	// the object is InProgress.
 	ConditionReconciling = "Reconciling"
 	// ConditionStalled is True while the operator cannot make progress without a human: the
-	// machine is escalated or stopped, the fleet escalated to humans or its rollout stopped.
+	// machine is escalated or stopped, or the API server refuses to create its claim or pod
+	// (CreateRefused); the fleet escalated to humans, or a machine of its stayed not Ready past
+	// spec.rolloutDeadline (RolloutStalled).
 	// The object is Failed, so a pipeline waiting on it fails at once instead of at its timeout.
 	ConditionStalled = "Stalled"
 )
