@@ -17,7 +17,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -53,8 +56,8 @@ func (l *reportLog) fail(what string, err error) {
 	l.failed = append(l.failed, fmt.Sprintf("%s: %s", what, why))
 }
 
-// WriteReport writes a zip of the namespace's VendingMachines, VendingFleets, pods, claims and
-// events, the logs of the machines' pods (current and, after a container restart, previous) and
+// WriteReport writes a zip of the namespace's VendingMachines, VendingFleets, the machines' pods,
+// claims and services, the events about any of them, the logs of the machines' pods (current and, after a container restart, previous) and
 // the operator's logs, with a README.txt that lists what was collected and what could not be.
 // Secrets are never read. A denial (RBAC) or a missing log is listed, not fatal.
 func WriteReport(ctx context.Context, c client.Client, cs kubernetes.Interface, o ReportOptions,
@@ -87,30 +90,48 @@ func WriteReport(ctx context.Context, c client.Client, cs kubernetes.Interface, 
 		}
 		return true, put(name, b.Bytes())
 	}
-	machines := &vendingv1alpha1.VendingMachineList{}
+	// Only the vending objects: the machines' children carry the machine label (and outlive a
+	// deleted machine); anything else in the namespace is someone else's workload, whose spec may
+	// hold literal credentials.
+	children, err := machineChildren()
+	if err != nil {
+		return 0, 0, err
+	}
 	pods := &corev1.PodList{}
+	claims := &corev1.PersistentVolumeClaimList{}
+	services := &corev1.ServiceList{}
 	for _, item := range []struct {
 		name string
 		list client.ObjectList
+		opts []client.ListOption
 	}{
-		{"vendingmachines.yaml", machines},
-		{"vendingfleets.yaml", &vendingv1alpha1.VendingFleetList{}},
-		{"pods.yaml", pods},
-		{"persistentvolumeclaims.yaml", &corev1.PersistentVolumeClaimList{}},
-		{"services.yaml", &corev1.ServiceList{}},
-		{"events.yaml", &corev1.EventList{}},
+		{"vendingmachines.yaml", &vendingv1alpha1.VendingMachineList{}, nil},
+		{"vendingfleets.yaml", &vendingv1alpha1.VendingFleetList{}, nil},
+		{"pods.yaml", pods, []client.ListOption{children}},
+		{"persistentvolumeclaims.yaml", claims, []client.ListOption{children}},
+		{"services.yaml", services, []client.ListOption{children}},
 	} {
-		if _, err := list(item.name, item.list); err != nil {
+		if _, err := list(item.name, item.list, item.opts...); err != nil {
+			return 0, 0, err
+		}
+	}
+	events, err := vendingEvents(ctx, c, o.Namespace, pods, claims, services)
+	if err != nil {
+		log.fail("events.yaml", err)
+	} else {
+		var b bytes.Buffer
+		if err := yamlPrinter.PrintObj(withKinds(events), &b); err != nil {
+			return 0, 0, err
+		}
+		if err := put("events.yaml", b.Bytes()); err != nil {
 			return 0, 0, err
 		}
 	}
 
 	// The machines' pods: those with the machine label (they outlive a deleted machine).
 	for _, pod := range pods.Items {
-		if _, ok := pod.Labels[labelMachine]; ok {
-			if err := podLogs(ctx, cs, &pod, "logs/"+pod.Namespace, put, &log); err != nil {
-				return 0, 0, err
-			}
+		if err := podLogs(ctx, cs, &pod, "logs/"+pod.Namespace, put, &log); err != nil {
+			return 0, 0, err
 		}
 	}
 
@@ -134,6 +155,67 @@ func WriteReport(ctx context.Context, c client.Client, cs kubernetes.Interface, 
 		return 0, 0, err
 	}
 	return len(log.collected), len(log.failed), z.Close()
+}
+
+// machineChildren selects the objects the operator makes for a machine: pods, claims (a
+// quarantined claim keeps the label) and services.
+func machineChildren() (client.MatchingLabelsSelector, error) {
+	r, err := labels.NewRequirement(labelMachine, selection.Exists, nil)
+	if err != nil {
+		return client.MatchingLabelsSelector{}, err
+	}
+	return client.MatchingLabelsSelector{Selector: labels.NewSelector().Add(*r)}, nil
+}
+
+// vendingEvents are the namespace's events about its machines, fleets and the machines' children.
+func vendingEvents(ctx context.Context, c client.Client, ns string, pods *corev1.PodList,
+	claims *corev1.PersistentVolumeClaimList, services *corev1.ServiceList) (*corev1.EventList, error) {
+	events := &corev1.EventList{}
+	if err := c.List(ctx, events, client.InNamespace(ns)); err != nil {
+		return nil, err
+	}
+	names := map[string]map[string]bool{"Pod": {}, "PersistentVolumeClaim": {}, "Service": {}}
+	for _, p := range pods.Items {
+		names["Pod"][p.Name] = true
+	}
+	for _, c := range claims.Items {
+		names["PersistentVolumeClaim"][c.Name] = true
+	}
+	for _, s := range services.Items {
+		names["Service"][s.Name] = true
+	}
+	events.Items = slices.DeleteFunc(events.Items, func(e corev1.Event) bool { return !aboutVending(e.InvolvedObject, names) })
+	return events, nil
+}
+
+// aboutVending says whether an event is about a VendingMachine, a VendingFleet or one of the
+// machines' children (kind → names, core group). An events.k8s.io/v1 event's regarding is the
+// involvedObject of the same event read as core/v1.
+func aboutVending(ref corev1.ObjectReference, children map[string]map[string]bool) bool {
+	gv, err := schema.ParseGroupVersion(ref.APIVersion)
+	switch {
+	case err != nil:
+		return false
+	case ref.Kind == "VendingMachine" || ref.Kind == "VendingFleet":
+		return gv.Group == vendingv1alpha1.GroupVersion.Group
+	case gv.Group == "":
+		return children[ref.Kind][ref.Name]
+	}
+	return false
+}
+
+// namespaceExists fails on a namespace the API server does not know (a typo would otherwise
+// give an empty report). A user who may not read namespaces gets the report: the lists say the
+// rest.
+func namespaceExists(ctx context.Context, cs kubernetes.Interface, ns string) error {
+	_, err := cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("namespace %q not found: no report written", ns)
+	case err != nil && !apierrors.IsForbidden(err):
+		return err
+	}
+	return nil
 }
 
 // podLogs collects each container's log, and the previous one after a container restart.
@@ -173,7 +255,8 @@ func podLogs(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, dir 
 func readme(o ReportOptions, log *reportLog) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "kubectl vend report of namespace %s, %s\n\n", o.Namespace, o.Now.UTC().Format(time.RFC3339))
-	b.WriteString("Secrets are never collected. Objects are as the API server returned them (managed fields left out).\n")
+	b.WriteString("Secrets and the namespace's other workloads are never collected.\n")
+	b.WriteString("Objects are as the API server returned them (managed fields left out).\n")
 	fmt.Fprintf(&b, "Logs are the newest %d lines of each container (previous: the run before a container restart).\n\n", logTailLines)
 	fmt.Fprintf(&b, "Collected (%d):\n", len(log.collected)+1)
 	for _, f := range append(slices.Clone(log.collected), "README.txt") {
@@ -208,11 +291,13 @@ func newReportCommand(o *Options) *cobra.Command {
 	var file, operatorNS, operatorSelector string
 	cmd := &cobra.Command{
 		Use:   "report",
-		Short: "A zip for a bug report: machines, fleets, pods, claims, events, pod and operator logs (never secrets)",
-		Long: "report collects the namespace's VendingMachines, VendingFleets, pods, PersistentVolumeClaims,\n" +
-			"services and events, the logs of the machines' pods (and of a restarted container's previous\n" +
-			"run) and the operator's logs into a zip, with a README.txt that lists what was collected and\n" +
-			"what could not be (an RBAC denial is listed, not fatal). Secrets are never read.",
+		Short: "A zip for a bug report: machines, fleets, their pods, claims, events, pod and operator logs (never secrets)",
+		Long: "report collects the namespace's VendingMachines, VendingFleets, the machines' pods,\n" +
+			"PersistentVolumeClaims and services, the events about these, the logs of the machines' pods\n" +
+			"(and of a restarted container's previous run) and the operator's logs into a zip, with a\n" +
+			"README.txt that lists what was collected and what could not be (an RBAC denial is listed, not\n" +
+			"fatal). Secrets, and the namespace's other workloads, are never read into it. A namespace that\n" +
+			"does not exist is an error.",
 		Example: "  kubectl vend report -n shop -f shop.zip",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -222,6 +307,9 @@ func newReportCommand(o *Options) *cobra.Command {
 			}
 			ns, err := o.namespace()
 			if err != nil {
+				return err
+			}
+			if err := namespaceExists(ctx(cmd), cs, ns); err != nil {
 				return err
 			}
 			now := o.Now()

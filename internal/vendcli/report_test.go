@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"context"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -35,8 +36,9 @@ func readZip(t *testing.T, path string) map[string]string {
 	return files
 }
 
-// shop is a namespace with a fleet, an escalated machine, its failed pod and claim, a kube
-// event, and a Secret the report must leave out.
+// shop is a namespace with a fleet, an escalated machine, its failed pod, claim and service,
+// events about the machine and its pod, and what the report must leave out: a Secret, and an
+// unrelated database (pod with a literal password in its env, service, event).
 func shop(t *testing.T, ns string) {
 	t.Helper()
 	must(t, k8s.Create(context.Background(), &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lobby"},
@@ -46,17 +48,36 @@ func shop(t *testing.T, ns string) {
 	claim(t, ns, "coffee")
 	must(t, k8s.Create(context.Background(), &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{Namespace: ns, Name: "coffee.escalated"},
-		InvolvedObject: corev1.ObjectReference{Kind: "VendingMachine", Namespace: ns, Name: "coffee"},
+		InvolvedObject: corev1.ObjectReference{APIVersion: vendingv1alpha1.GroupVersion.String(), Kind: "VendingMachine", Namespace: ns, Name: "coffee"},
 		Reason:         "Escalated", Message: "OutOfCoffeeBeans after 10 restarts", Type: corev1.EventTypeWarning,
+	}))
+	must(t, k8s.Create(context.Background(), &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Namespace: ns, Name: "coffee-11.failed"},
+		InvolvedObject: corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: ns, Name: "coffee-11"},
+		Reason:         "Failed", Message: "the vending container exited 10", Type: corev1.EventTypeWarning,
+	}))
+	must(t, k8s.Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "coffee", Labels: map[string]string{labelMachine: "coffee"}},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 8080}}}}))
+	// Someone else's workload in the same namespace.
+	must(t, k8s.Create(context.Background(), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "till-db"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Image: "db",
+			Env: []corev1.EnvVar{{Name: "DB_PASSWORD", Value: "hunter2-literal"}}}}}}))
+	must(t, k8s.Create(context.Background(), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "till-db"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 5432}}}}))
+	must(t, k8s.Create(context.Background(), &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Namespace: ns, Name: "till-db.pulled"},
+		InvolvedObject: corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: ns, Name: "till-db"},
+		Reason:         "Pulled", Message: "pulled the till database image", Type: corev1.EventTypeNormal,
 	}))
 	must(t, k8s.Create(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "till-password"},
 		StringData: map[string]string{"password": "s3cr3t-till"}}))
 }
 
-// The report holds the namespace's objects and the machines' and the operator's logs (envtest
-// has no kubelet: the API server answers an unscheduled pod's log empty); the Secret is nowhere
-// in it.
-func TestReportCollectsEverythingButSecrets(t *testing.T) {
+// The report holds the namespace's vending objects, the events about them and the machines' and
+// the operator's logs (envtest has no kubelet: the API server answers an unscheduled pod's log
+// empty); the Secret and the unrelated database are nowhere in it.
+func TestReportCollectsTheVendingObjectsOnly(t *testing.T) {
 	ns := namespace(t, "report-shop")
 	shop(t, ns)
 	op := namespace(t, "report-operator")
@@ -91,6 +112,7 @@ func TestReportCollectsEverythingButSecrets(t *testing.T) {
 		"vendingfleets.yaml":          "kind: VendingFleet\n",
 		"pods.yaml":                   "name: coffee-11\n",
 		"persistentvolumeclaims.yaml": "name: coffee-log\n",
+		"services.yaml":               "name: coffee\n",
 		"events.yaml":                 "OutOfCoffeeBeans after 10 restarts",
 	} {
 		if !strings.Contains(files[name], content) {
@@ -101,9 +123,15 @@ func TestReportCollectsEverythingButSecrets(t *testing.T) {
 		if strings.Contains(content, "s3cr3t") || strings.Contains(content, "till-password") || strings.Contains(content, "kind: Secret") {
 			t.Errorf("%s holds the secret", name)
 		}
+		if strings.Contains(content, "hunter2") || strings.Contains(content, "till-db") {
+			t.Errorf("%s holds the unrelated database:\n%s", name, content)
+		}
 		if strings.Contains(content, "managedFields") {
 			t.Errorf("%s holds managed fields", name)
 		}
+	}
+	if !strings.Contains(files["events.yaml"], "the vending container exited 10") {
+		t.Errorf("events.yaml lacks the event about the machine's pod:\n%s", files["events.yaml"])
 	}
 	readme := files["README.txt"]
 	for _, want := range []string{
@@ -141,5 +169,18 @@ func TestReportListsRBACDenials(t *testing.T) {
 		if !strings.Contains(files["README.txt"], want) {
 			t.Errorf("README.txt lacks %q:\n%s", want, files["README.txt"])
 		}
+	}
+}
+
+// A report of a namespace that does not exist (a typo) is an error, and writes no zip.
+func TestReportOfAMissingNamespaceFails(t *testing.T) {
+	startEnv(t)
+	file := filepath.Join(t.TempDir(), "typo.zip")
+	_, err := vend(t, "-n", "no-such-shop", "report", "-f", file)
+	if err == nil || !strings.Contains(err.Error(), `namespace "no-such-shop" not found`) {
+		t.Errorf("report of a missing namespace: %v", err)
+	}
+	if _, statErr := os.Stat(file); !os.IsNotExist(statErr) {
+		t.Errorf("report of a missing namespace wrote %s (%v)", file, statErr)
 	}
 }
