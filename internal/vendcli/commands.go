@@ -29,29 +29,25 @@ func newStatusCommand(o *Options) *cobra.Command {
 	var all, allNamespaces bool
 	var output string
 	cmd := &cobra.Command{
-		Use:   "status [fleet NAME | machine NAME | MACHINE]",
+		Use:   "status [fleet [NAME] | machine [NAME] | MACHINE]",
 		Short: "A tree of fleets, machines, pods and claims: problems first, and why",
 		Long: "status draws fleet → machines → pod and claim, like clusterctl describe. Stalled machines\n" +
 			"(escalated or stopped: only a human moves them on) come first, then those not ready, then the\n" +
 			"degraded ones, each with the reason and message of the condition that says why; healthy\n" +
-			"machines are one line unless --all.",
-		Example: "  kubectl vend status\n  kubectl vend status fleet lobby\n  kubectl vend status machine coffee\n  kubectl vend status -A",
-		Args:    cobra.MaximumNArgs(2),
+			"machines are one line unless --all. Like kubectl get, a kind alone lists that kind:\n" +
+			"`status fleet` shows every fleet, `status machines` every machine (outside its fleet).",
+		Example: "  kubectl vend status\n  kubectl vend status fleet\n  kubectl vend status fleet lobby\n" +
+			"  kubectl vend status machine coffee\n  kubectl vend status -A",
+		Args: cobra.MaximumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var only *Target
-			switch len(args) {
-			case 1:
-				t, err := ParseTarget(args[0])
-				if err != nil {
-					return err
-				}
-				only = &t
-			case 2:
-				t, err := ParseTarget(args[0] + "/" + args[1])
-				if err != nil {
-					return err
-				}
-				only = &t
+			only, err := ParseStatusArgs(args)
+			if err != nil {
+				return err
+			}
+			if allNamespaces && only != nil && only.Name != "" {
+				// kubectl get refuses a name across namespaces too: a name is unique only in one.
+				return fmt.Errorf("%s: a name needs a namespace: kubectl vend status -n NAMESPACE %s "+
+					"(-A lists every namespace; kubectl get %ss -A finds the namespace)", only, only, only.Kind)
 			}
 			p, err := printer(output)
 			if err != nil {
@@ -78,7 +74,8 @@ func newStatusCommand(o *Options) *cobra.Command {
 			if p != nil {
 				return p.PrintObj(snapshotList(snap), o.Streams.Out)
 			}
-			opts := TreeOptions{All: all || only != nil && only.Kind == KindMachine, Namespaces: allNamespaces, Now: o.Now(), Color: color}
+			oneMachine := only != nil && only.Kind == KindMachine && only.Name != ""
+			opts := TreeOptions{All: all || oneMachine, Namespaces: allNamespaces, Now: o.Now(), Color: color}
 			_, err = fmt.Fprint(o.Streams.Out, RenderTree(snap, opts))
 			return err
 		},
@@ -89,22 +86,17 @@ func newStatusCommand(o *Options) *cobra.Command {
 	return cmd
 }
 
-// readSnapshot reads the fleets and machines of ns ("" for all), or of one fleet or machine,
-// with their pods and claims.
+// readSnapshot reads the fleets and machines of ns ("" for all), every fleet (with its
+// machines) or every machine, or one fleet or machine, with their pods and claims.
 func readSnapshot(ctx context.Context, c client.Client, ns string, only *Target) (Snapshot, error) {
 	var s Snapshot
 	in := client.InNamespace(ns)
 	switch {
-	case only == nil:
-		fl := &vendingv1alpha1.VendingFleetList{}
-		ml := &vendingv1alpha1.VendingMachineList{}
-		if err := c.List(ctx, fl, in); err != nil {
+	case only == nil || only.Name == "":
+		var err error
+		if s, err = listSnapshot(ctx, c, ns, only); err != nil {
 			return s, err
 		}
-		if err := c.List(ctx, ml, in); err != nil {
-			return s, err
-		}
-		s.Fleets, s.Machines = fl.Items, ml.Items
 	case only.Kind == KindFleet:
 		f := vendingv1alpha1.VendingFleet{}
 		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: only.Name}, &f); err != nil {
@@ -155,6 +147,34 @@ func readSnapshot(ctx context.Context, c client.Client, ns string, only *Target)
 			s.Claims = append(s.Claims, c)
 		}
 	}
+	return s, nil
+}
+
+// listSnapshot lists the fleets and machines of ns ("" for all): every one (kind nil), every
+// fleet with its machines, or every machine.
+func listSnapshot(ctx context.Context, c client.Client, ns string, kind *Target) (Snapshot, error) {
+	var s Snapshot
+	in := client.InNamespace(ns)
+	machines := []client.ListOption{in}
+	if kind == nil || kind.Kind == KindFleet {
+		fl := &vendingv1alpha1.VendingFleetList{}
+		if err := c.List(ctx, fl, in); err != nil {
+			return s, err
+		}
+		s.Fleets = fl.Items
+	}
+	if kind != nil && kind.Kind == KindFleet {
+		inFleet, err := labels.NewRequirement(labelFleet, selection.Exists, nil)
+		if err != nil {
+			return s, err
+		}
+		machines = append(machines, client.MatchingLabelsSelector{Selector: labels.NewSelector().Add(*inFleet)})
+	}
+	ml := &vendingv1alpha1.VendingMachineList{}
+	if err := c.List(ctx, ml, machines...); err != nil {
+		return s, err
+	}
+	s.Machines = ml.Items
 	return s, nil
 }
 

@@ -4,9 +4,14 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata with the output the tests got")
@@ -136,5 +141,44 @@ func TestShortenKeepsOneLineWithinWidth(t *testing.T) {
 	}
 	if got := shorten("short", 40); got != "short" {
 		t.Errorf("a short message changed: %q", got)
+	}
+}
+
+func TestParseStatusArgs(t *testing.T) {
+	for args, want := range map[string]*Target{
+		"":                    nil,
+		"fleet":               {Kind: KindFleet},
+		"VendingFleets":       {Kind: KindFleet},
+		"machines":            {Kind: KindMachine},
+		"coffee":              {KindMachine, "coffee"},
+		"fleet lobby":         {KindFleet, "lobby"},
+		"fleet/lobby":         {KindFleet, "lobby"},
+		"machine fleet":       {KindMachine, "fleet"},
+		"vendingmachine/mach": {KindMachine, "mach"},
+	} {
+		got, err := ParseStatusArgs(strings.Fields(args))
+		if err != nil || (got == nil) != (want == nil) || got != nil && *got != *want {
+			t.Errorf("%q: got %v, %v; want %v", args, got, err, want)
+		}
+	}
+	if _, err := ParseStatusArgs([]string{"pod", "coffee-1"}); err == nil {
+		t.Error("pod coffee-1 must be refused")
+	}
+}
+
+// A fleet whose rollout stalled is Stalled (kstatus's condition) though nothing escalated and
+// every machine is Ready: only a human moves it on.
+func TestATreeShowsAStalledRollout(t *testing.T) {
+	f := vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "atrium"}}
+	msg := "atrium-2 has not become Ready within the progress deadline 10m0s"
+	f.Status.Conditions = []metav1.Condition{
+		{Type: vendingv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: "AllMachinesReady", LastTransitionTime: at(time.Hour)},
+		{Type: vendingv1alpha1.ConditionProgressing, Status: metav1.ConditionFalse, Reason: "RolloutStalled", Message: msg, LastTransitionTime: at(time.Minute)},
+		{Type: vendingv1alpha1.ConditionEscalated, Status: metav1.ConditionFalse, Reason: "WithinIntensity", LastTransitionTime: at(time.Hour)},
+		{Type: vendingv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: "RolloutStalled", Message: msg, LastTransitionTime: at(time.Minute)},
+	}
+	out := RenderTree(Snapshot{Fleets: []vendingv1alpha1.VendingFleet{f}}, TreeOptions{Now: now})
+	if !regexp.MustCompile(`VendingFleet/atrium +Stalled .*RolloutStalled: atrium-2 has not become Ready`).MatchString(out) {
+		t.Errorf("the stalled rollout must show as Stalled, with why:\n%s", out)
 	}
 }

@@ -196,3 +196,37 @@ func stripANSI(s string) string {
 	}
 	return s
 }
+
+// Like kubectl get, a kind alone lists that kind: `status fleet` shows the fleets (not a machine
+// named "fleet", which `status machine fleet` shows); -A with a name is refused with what to do.
+func TestStatusOfAKindAloneAndOfANameAcrossNamespaces(t *testing.T) {
+	ns := namespace(t, "status-kinds")
+	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "atrium"},
+		Spec: vendingv1alpha1.VendingFleetSpec{Replicas: ptr.To[int32](1)}}
+	must(t, k8s.Create(context.Background(), f))
+	machine(t, ns, "atrium-0", f, 0, nil, healthy("atrium-0-1"))
+	machine(t, ns, "fleet", nil, 0, nil, healthy("fleet-1"))
+	machine(t, ns, "mocha", nil, 0, nil, healthy("mocha-1"))
+
+	for _, args := range [][]string{{"-n", ns, "status", "fleet"}, {"-n", ns, "status", "vendingfleets"}, {"status", "-A", "fleets"}} {
+		out := mustVend(t, args...)
+		if !strings.Contains(out, "VendingFleet/atrium") || !strings.Contains(out, "└─ 1 machine Ready") ||
+			strings.Contains(out, "VendingMachine/fleet") || strings.Contains(out, "mocha") || strings.Contains(out, "without a fleet") {
+			t.Errorf("kubectl vend %v must show the fleets only:\n%s", args, out)
+		}
+	}
+	if out := mustVend(t, "-n", ns, "status", "machines", "--all"); strings.Contains(out, "VendingFleet/") ||
+		!strings.Contains(out, "VendingMachine/fleet") || !strings.Contains(out, "VendingMachine/atrium-0") {
+		t.Errorf("status machines must show every machine and no fleet:\n%s", out)
+	}
+	if out := mustVend(t, "-n", ns, "status", "machine", "fleet"); !strings.Contains(out, "VendingMachine/fleet ") ||
+		strings.Contains(out, "atrium") {
+		t.Errorf("status machine fleet must show the machine named fleet:\n%s", out)
+	}
+	for _, args := range [][]string{{"status", "-A", "mocha"}, {"status", "-A", "fleet", "atrium"}} {
+		_, err := vend(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "a name needs a namespace: kubectl vend status -n NAMESPACE") {
+			t.Errorf("kubectl vend %v: %v", args, err)
+		}
+	}
+}

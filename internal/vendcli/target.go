@@ -33,17 +33,44 @@ func ParseTarget(arg string) (Target, error) {
 	if !found {
 		kind, name = "machine", arg
 	}
-	kind = strings.TrimSuffix(strings.ToLower(kind), ".vending.resilience.dev")
 	if name == "" || strings.Contains(name, "/") {
 		return Target{}, fmt.Errorf("%q: want MACHINE, machine/NAME or fleet/NAME", arg)
 	}
-	switch kind {
-	case "machine", "machines", "vend", "vmach", "vendingmachine", "vendingmachines":
-		return Target{KindMachine, name}, nil
-	case "fleet", "fleets", "vfleet", "vendingfleet", "vendingfleets":
-		return Target{KindFleet, name}, nil
+	k, ok := kindOf(kind)
+	if !ok {
+		return Target{}, fmt.Errorf("%q: unknown kind %q (want machine or fleet)", arg, kind)
 	}
-	return Target{}, fmt.Errorf("%q: unknown kind %q (want machine or fleet)", arg, kind)
+	return Target{k, name}, nil
+}
+
+// ParseStatusArgs reads status's arguments as kubectl get reads its own: none is everything
+// (nil), a kind alone is every object of that kind (Target.Name empty: `status fleet` lists the
+// fleets), KIND NAME or a ParseTarget argument is one object.
+func ParseStatusArgs(args []string) (*Target, error) {
+	switch len(args) {
+	case 0:
+		return nil, nil
+	case 1:
+		if k, ok := kindOf(args[0]); ok {
+			return &Target{Kind: k}, nil
+		}
+		t, err := ParseTarget(args[0])
+		return &t, err
+	}
+	t, err := ParseTarget(args[0] + "/" + args[1])
+	return &t, err
+}
+
+// kindOf reads kubectl's names for the kinds: vend, vmach, vendingmachine[s], vfleet,
+// vendingfleet[s], with or without the group.
+func kindOf(word string) (Kind, bool) {
+	switch strings.TrimSuffix(strings.ToLower(word), ".vending.resilience.dev") {
+	case "machine", "machines", "vend", "vmach", "vendingmachine", "vendingmachines":
+		return KindMachine, true
+	case "fleet", "fleets", "vfleet", "vendingfleet", "vendingfleets":
+		return KindFleet, true
+	}
+	return "", false
 }
 
 // ResetValue is the reset annotation's next value: the time of the reset, which tells a reader

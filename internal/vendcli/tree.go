@@ -18,12 +18,7 @@ import (
 	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
-// kstatus's abnormal-true conditions, present only while True (the operator sets them; an older
-// operator does not, and Escalated says the same).
 const (
-	conditionStalled     = wordStalled
-	conditionReconciling = "Reconciling"
-
 	labelFleet = "vending.resilience.dev/fleet"
 	labelIndex = "vending.resilience.dev/index"
 
@@ -66,6 +61,14 @@ type judgement struct {
 	message string
 }
 
+// reasonNotObserved is the judgement of an object without a Ready condition: the operator has
+// not written its status (not running, not yet, or not watching the namespace). Nothing in it
+// needs a reset.
+const reasonNotObserved = "NotObserved"
+
+// operatorPods shows whether the operator runs (config/default's namespace).
+const operatorPods = "kubectl -n vending-operator-system get pods"
+
 // judgeMachine says how bad a machine is and why, from the conditions the operator wrote.
 func judgeMachine(vm *vendingv1alpha1.VendingMachine) judgement {
 	conds := vm.Status.Conditions
@@ -73,7 +76,7 @@ func judgeMachine(vm *vendingv1alpha1.VendingMachine) judgement {
 	if r := vm.Annotations[supervisor.AnnotationReset]; r != "" && r != vm.Status.ObservedReset {
 		resetPending = "reset requested, not yet carried out; "
 	}
-	if c := trueCondition(conds, conditionStalled, vendingv1alpha1.ConditionEscalated); c != nil {
+	if c := trueCondition(conds, vendingv1alpha1.ConditionStalled, vendingv1alpha1.ConditionEscalated); c != nil {
 		return judgement{sevStalled, c.Reason, resetPending + c.Message}
 	}
 	if vm.Status.Phase == vendingv1alpha1.PhaseStopped || vm.Status.Phase == vendingv1alpha1.PhaseEscalated {
@@ -86,10 +89,11 @@ func judgeMachine(vm *vendingv1alpha1.VendingMachine) judgement {
 	}
 	ready := meta.FindStatusCondition(conds, vendingv1alpha1.ConditionReady)
 	if ready == nil {
-		return judgement{sevNotReady, "NotObserved", "the operator has not reported on this machine yet"}
+		return judgement{sevNotReady, reasonNotObserved,
+			"the operator has not reported on this machine yet (is it running? " + operatorPods + ")"}
 	}
 	if ready.Status != metav1.ConditionTrue {
-		if c := trueCondition(conds, conditionReconciling, vendingv1alpha1.ConditionProgressing); c != nil {
+		if c := trueCondition(conds, vendingv1alpha1.ConditionReconciling, vendingv1alpha1.ConditionProgressing); c != nil {
 			return judgement{sevNotReady, c.Reason, resetPending + c.Message}
 		}
 		return judgement{sevNotReady, ready.Reason, resetPending + ready.Message}
@@ -103,7 +107,7 @@ func judgeMachine(vm *vendingv1alpha1.VendingMachine) judgement {
 // judgeFleet does the same for a fleet: escalated to humans (or a stalled rollout) first.
 func judgeFleet(f *vendingv1alpha1.VendingFleet) judgement {
 	conds := f.Status.Conditions
-	if c := trueCondition(conds, conditionStalled, vendingv1alpha1.ConditionEscalated); c != nil {
+	if c := trueCondition(conds, vendingv1alpha1.ConditionStalled, vendingv1alpha1.ConditionEscalated); c != nil {
 		return judgement{sevStalled, c.Reason, c.Message}
 	}
 	ready := meta.FindStatusCondition(conds, vendingv1alpha1.ConditionReady)
@@ -111,9 +115,9 @@ func judgeFleet(f *vendingv1alpha1.VendingFleet) judgement {
 	case f.Spec.Paused:
 		return judgement{sevNotReady, wordPaused, fmt.Sprintf("spec.paused: the fleet does not act (kubectl vend resume fleet/%s)", f.Name)}
 	case ready == nil:
-		return judgement{sevNotReady, "NotObserved", "the operator has not reported on this fleet yet"}
+		return judgement{sevNotReady, reasonNotObserved, "the operator has not reported on this fleet yet (is it running? " + operatorPods + ")"}
 	case ready.Status != metav1.ConditionTrue:
-		if c := trueCondition(conds, conditionReconciling, vendingv1alpha1.ConditionProgressing); c != nil {
+		if c := trueCondition(conds, vendingv1alpha1.ConditionReconciling, vendingv1alpha1.ConditionProgressing); c != nil {
 			return judgement{sevNotReady, c.Reason, c.Message}
 		}
 		return judgement{sevNotReady, ready.Reason, ready.Message}

@@ -102,6 +102,14 @@ func actionsFor(vm *vendingv1alpha1.VendingMachine, d Diagnosis) []Action {
 	if vm.Namespace != "" {
 		ns = " -n " + vm.Namespace
 	}
+	if d.StateReason == reasonNotObserved {
+		// No status, so no decision to clear: a reset would change nothing. What is missing is
+		// the operator.
+		return []Action{
+			{operatorPods, "is the operator running? It reports on every machine it watches"},
+			{fmt.Sprintf("kubectl describe vend%s %s", ns, vm.Name), "the machine and the events about it"},
+		}
+	}
 	var out []Action
 	reset := Action{fmt.Sprintf("kubectl vend reset%s %s", ns, vm.Name), fmt.Sprintf(
 		"clear the decision in force and start a new pod with a fresh restart window (writes annotation %s)", supervisor.AnnotationReset)}

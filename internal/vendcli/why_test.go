@@ -1,6 +1,7 @@
 package vendcli
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -99,5 +100,25 @@ func TestWhyOfAnEscalatedMachine(t *testing.T) {
 	}
 	if _, err := vend(t, "-n", ns, "why", "nosuch"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("why of a machine that does not exist: %v", err)
+	}
+}
+
+// A machine the operator never wrote a status for has no decision to reset: why says the
+// operator has not reported on it and how to see whether it runs.
+func TestWhyOfAMachineTheOperatorHasNotReportedOn(t *testing.T) {
+	ns := namespace(t, "why-unseen")
+	must(t, k8s.Create(context.Background(), &vendingv1alpha1.VendingMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "cortado"}}))
+
+	out := mustVend(t, "-n", ns, "why", "cortado")
+	for _, want := range []string{
+		"NotObserved: the operator has not reported on this machine yet (is it running? kubectl -n vending-operator-system get pods)",
+		"What you can do:\n  kubectl -n vending-operator-system get pods",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("why: %q missing in\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "vend reset") {
+		t.Errorf("why must not suggest a reset before the operator reported:\n%s", out)
 	}
 }
