@@ -57,17 +57,11 @@ func newStatusCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, _, err := o.clients()
+			se, err := o.connect(allNamespaces)
 			if err != nil {
 				return err
 			}
-			ns := ""
-			if !allNamespaces {
-				if ns, err = o.namespace(); err != nil {
-					return err
-				}
-			}
-			snap, err := readSnapshot(ctx(cmd), c, ns, only)
+			snap, err := readSnapshot(ctx(cmd), se.c, se.ns, only)
 			if err != nil {
 				return err
 			}
@@ -224,16 +218,12 @@ func newWhyCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, _, err := o.clients()
+			se, err := o.connect(false)
 			if err != nil {
 				return err
 			}
-			ns, err := o.namespace()
+			vm, err := se.machine(ctx(cmd), t.Name)
 			if err != nil {
-				return err
-			}
-			vm := &vendingv1alpha1.VendingMachine{}
-			if err := c.Get(ctx(cmd), types.NamespacedName{Namespace: ns, Name: t.Name}, vm); err != nil {
 				return err
 			}
 			now := o.Now()
@@ -429,14 +419,10 @@ func (o *Options) writer(dry string) (writer, string, error) {
 	if err != nil {
 		return writer{}, "", err
 	}
-	c, _, err := o.clients()
-	if err != nil {
-		return writer{}, "", err
-	}
-	ns, err := o.namespace()
+	se, err := o.connect(false)
 	if err != nil {
 		return writer{}, "", err
 	}
 	out := func(format string, args ...any) { _, _ = fmt.Fprintf(o.Streams.Out, format, args...) }
-	return writer{c: c, dry: d, out: out}, ns, nil
+	return writer{c: se.c, dry: d, out: out}, se.ns, nil
 }

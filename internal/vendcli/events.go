@@ -9,9 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	"k8s.io/apimachinery/pkg/types"
 
-	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
 )
 
@@ -94,18 +92,15 @@ func newEventsCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, cs, err := o.clients()
+			se, err := o.connect(false)
 			if err != nil {
 				return err
 			}
-			ns, err := o.namespace()
+			vm, err := se.machine(ctx(cmd), t.Name)
 			if err != nil {
 				return err
 			}
-			vm := &vendingv1alpha1.VendingMachine{}
-			if err := c.Get(ctx(cmd), types.NamespacedName{Namespace: ns, Name: t.Name}, vm); err != nil {
-				return err
-			}
+			cs, ns := se.cs, se.ns
 			body, err := cs.CoreV1().RESTClient().Get().Namespace(ns).Resource("services").Name(vm.Name+":http").
 				SubResource("proxy").Suffix("v1/events").
 				Param("after", strconv.FormatUint(after, 10)).Param("limit", strconv.Itoa(limit)).DoRaw(ctx(cmd))

@@ -301,14 +301,11 @@ func newReportCommand(o *Options) *cobra.Command {
 		Example: "  kubectl vend report -n shop -f shop.zip",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, cs, err := o.clients()
+			se, err := o.connect(false)
 			if err != nil {
 				return err
 			}
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
+			c, cs, ns := se.c, se.cs, se.ns
 			if err := namespaceExists(ctx(cmd), cs, ns); err != nil {
 				return err
 			}

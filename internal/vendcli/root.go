@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
@@ -103,6 +104,32 @@ func (o *Options) useColor() (bool, error) {
 func (o *Options) namespace() (string, error) {
 	ns, _, err := o.Config.ToRawKubeConfigLoader().Namespace()
 	return ns, err
+}
+
+// session is what a command works with: the clients and the namespace its flags name.
+type session struct {
+	c  client.Client
+	cs kubernetes.Interface
+	ns string
+}
+
+// connect makes the clients and resolves the namespace ("" with allNamespaces).
+func (o *Options) connect(allNamespaces bool) (session, error) {
+	c, cs, err := o.clients()
+	if err != nil {
+		return session{}, err
+	}
+	s := session{c: c, cs: cs}
+	if !allNamespaces {
+		s.ns, err = o.namespace()
+	}
+	return s, err
+}
+
+// machine reads the machine of that name in the session's namespace.
+func (s session) machine(ctx context.Context, name string) (*vendingv1alpha1.VendingMachine, error) {
+	vm := &vendingv1alpha1.VendingMachine{}
+	return vm, s.c.Get(ctx, types.NamespacedName{Namespace: s.ns, Name: name}, vm)
 }
 
 // clients are a client that knows the vending types and a clientset (for logs and the service
