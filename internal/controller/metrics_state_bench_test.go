@@ -25,7 +25,7 @@ func benchMachines() []vendingv1alpha1.VendingMachine {
 type machinesFromList []vendingv1alpha1.VendingMachine
 
 func (m machinesFromList) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(m, ch) }
-func (m machinesFromList) Collect(ch chan<- prometheus.Metric)  { collectMachines(ch, m) }
+func (m machinesFromList) Collect(ch chan<- prometheus.Metric) { collectMachines(ch, m) }
 
 // BenchmarkScrapeMachineSeries: one scrape (Gather) of the machine series at 10,000 machines,
 // read from the cache at scrape time, as the operator serves them (the cache's list is not
