@@ -284,22 +284,7 @@ func (d *dumper) record(file string, off int64, rec eventlog.Record, afterDamage
 }
 
 func eventText(e *vending.Event) string {
-	parts := []string{e.Kind.String()}
-	add := func(k string, v any, set bool) {
-		if set {
-			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
-		}
-	}
-	add("count", e.Count, e.Count != 0)
-	add("order", e.OrderID, e.OrderID != "")
-	add("beverage", e.Beverage, e.Beverage != "")
-	add("price", e.Price, e.Price != 0)
-	add("change", e.Change, e.Change != 0)
-	add("beans", e.Beans, e.Kind == vending.KindRefilled)
-	add("milk", e.Milk, e.Kind == vending.KindRefilled)
-	add("key", fmt.Sprintf("%q", e.Key), e.Key != "")
-	add("reason", e.Reason, e.Reason != "")
-	return strings.Join(parts, " ")
+	return strings.TrimSpace(e.Kind.String() + " " + e.View(0).Details())
 }
 
 func damageText(l damageLine, found bool) string {

@@ -5,7 +5,11 @@
 // operator's decider keys on the reasons.
 package contract
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Port is the vending pod's HTTP port (API, probes and metrics).
 const Port = 8080
@@ -139,4 +143,25 @@ type Event struct {
 	Key      string `json:"idempotencyKey,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	Message  string `json:"message,omitempty"`
+}
+
+// Details are the fields the event's type uses, as key=value in a fixed order (the message
+// left out: callers that show it add it), for one-line renderings of the audit trail.
+func (e Event) Details() string {
+	var parts []string
+	add := func(k string, v any, set bool) {
+		if set {
+			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+		}
+	}
+	add("count", e.Count, e.Count != 0)
+	add("order", e.OrderID, e.OrderID != "")
+	add("beverage", e.Beverage, e.Beverage != "")
+	add("price", e.Price, e.Price != 0)
+	add("change", e.Change, e.Change != 0)
+	add("beans", e.Beans, e.Type == "Refilled")
+	add("milk", e.Milk, e.Type == "Refilled")
+	add("key", fmt.Sprintf("%q", e.Key), e.Key != "")
+	add("reason", e.Reason, e.Reason != "")
+	return strings.Join(parts, " ")
 }

@@ -44,25 +44,13 @@ func RenderEvents(body []byte, machine string, limit int) (string, error) {
 	return b.String(), nil
 }
 
-// eventDetails are the fields the event's type uses, as key=value.
+// eventDetails are the fields the event's type uses, as key=value, and its message.
 func eventDetails(e contract.Event) string {
-	var parts []string
-	add := func(k string, v any, set bool) {
-		if set {
-			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
-		}
+	d := e.Details()
+	if e.Message != "" {
+		d = strings.TrimSpace(d + " message=" + strconv.Quote(e.Message))
 	}
-	add("count", e.Count, e.Count != 0)
-	add("order", e.OrderID, e.OrderID != "")
-	add("beverage", e.Beverage, e.Beverage != "")
-	add("price", e.Price, e.Price != 0)
-	add("change", e.Change, e.Change != 0)
-	add("beans", e.Beans, e.Type == "Refilled")
-	add("milk", e.Milk, e.Type == "Refilled")
-	add("key", strconv.Quote(e.Key), e.Key != "")
-	add("reason", e.Reason, e.Reason != "")
-	add("message", strconv.Quote(e.Message), e.Message != "")
-	return strings.Join(parts, " ")
+	return d
 }
 
 func newEventsCommand(o *Options) *cobra.Command {
