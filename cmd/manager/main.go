@@ -9,14 +9,10 @@ import (
 	"fmt"
 	"os"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -57,11 +53,11 @@ func main() {
 		"The ClusterRole bound to vending pods' ServiceAccount in each namespace with machines (config/rbac/vending_pod_role.yaml).")
 	flag.StringVar(&vendingImage, "vending-image", controller.DefaultVendingImage,
 		"Image of the vending pod, for machines whose spec.image is empty.")
-	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "How many VendingMachines are reconciled at once.")
+	flag.IntVar(&concurrency, "max-concurrent-reconciles", controller.DefaultMaxConcurrentReconciles, "How many VendingMachines are reconciled at once.")
 	// client-go's defaults (5 QPS, or 20 with controller-runtime's config) throttle a thousand
 	// machines into minutes; the API server's priority and fairness protects itself anyway.
-	flag.Float64Var(&apiQPS, "kube-api-qps", 100, "Requests per second the manager sends to the API server.")
-	flag.IntVar(&apiBurst, "kube-api-burst", 200, "Burst of requests the manager may send to the API server.")
+	flag.Float64Var(&apiQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "Requests per second the manager sends to the API server.")
+	flag.IntVar(&apiBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "Burst of requests the manager may send to the API server.")
 	flag.StringVar(&leaderNamespace, "leader-election-namespace", "",
 		"Namespace of the leader election's Lease (default: the pod's own).")
 	timing := managerloop.DefaultTiming
@@ -92,7 +88,6 @@ func main() {
 
 	restConfig := ctrl.GetConfigOrDie()
 	restConfig.QPS, restConfig.Burst = float32(apiQPS), apiBurst
-	owned := cache.ByObject{Label: labels.SelectorFromSet(nil).Add(controller.MachineLabelRequirement())}
 	// The manager runs inside a loop that outlives it: when the API server is away the operator
 	// waits for it, and when the lease is lost it stops acting and campaigns again with a fresh
 	// manager, instead of exiting into the kubelet's back-off (internal/managerloop).
@@ -100,11 +95,8 @@ func main() {
 		RestConfig: restConfig,
 		Manager: ctrl.Options{
 			Scheme: scheme,
-			// Cache only the pods, claims and services this operator made: a cluster's others would
-			// cost memory for nothing.
-			Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}: owned, &corev1.PersistentVolumeClaim{}: owned, &corev1.Service{}: owned,
-			}},
+			// Only what the reconcilers read: the children this operator made, trimmed.
+			Cache: controller.CacheOptions(),
 		},
 		Setup: func(mgr ctrl.Manager) error {
 			if err := (&controller.VendingMachineReconciler{

@@ -124,6 +124,7 @@ func runSuite(m *testing.M) int {
 func startManager() (stop func(), err error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  scheme,
+		Cache:   CacheOptions(), // as cmd/manager: a test that needs a trimmed field fails here
 		Metrics: metricsserver.Options{BindAddress: "0"},
 	})
 	if err != nil {

@@ -56,6 +56,8 @@ type VendingFleetReconciler struct {
 	Recorder recorder.EventRecorder
 	// Clock is injected so tests can reason about time; the real clock when nil.
 	Clock clock.PassiveClock
+	// indexed: the client is the manager's cache, with the machinesByFleet index.
+	indexed bool
 }
 
 // +kubebuilder:rbac:groups=vending.resilience.dev,resources=vendingfleets,verbs=get;list;watch
@@ -155,7 +157,11 @@ func (r *VendingFleetReconciler) clock() clock.PassiveClock {
 func (r *VendingFleetReconciler) machines(ctx context.Context,
 	f *vendingv1alpha1.VendingFleet) (map[int]*vendingv1alpha1.VendingMachine, error) {
 	list := &vendingv1alpha1.VendingMachineList{}
-	if err := r.List(ctx, list, client.InNamespace(f.Namespace), client.MatchingLabels{LabelFleet: f.Name}); err != nil {
+	by := client.ListOption(client.MatchingLabels{LabelFleet: f.Name})
+	if r.indexed {
+		by = client.MatchingFields{machinesByFleet: f.Name}
+	}
+	if err := r.List(ctx, list, client.InNamespace(f.Namespace), by); err != nil {
 		return nil, err
 	}
 	out := map[int]*vendingv1alpha1.VendingMachine{}
@@ -423,6 +429,10 @@ func stalled(f *vendingv1alpha1.VendingFleet) bool {
 // SetupWithManager registers the reconciler: it watches fleets, and the machines and
 // disruption budgets they own.
 func (r *VendingFleetReconciler) SetupWithManager(mgr ctrl.Manager, opts Options) error {
+	if err := indexByLabel(context.Background(), mgr, &vendingv1alpha1.VendingMachine{}, machinesByFleet, LabelFleet); err != nil {
+		return err
+	}
+	r.indexed = true
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&vendingv1alpha1.VendingFleet{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).

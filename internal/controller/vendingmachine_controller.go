@@ -64,6 +64,9 @@ type VendingMachineReconciler struct {
 	// PodClusterRole is what the pods' ServiceAccount is bound to in each namespace with
 	// machines (DefaultPodClusterRole when empty).
 	PodClusterRole string
+	// indexed: the client is the manager's cache, with the podsByMachine index (set up by
+	// SetupWithManager); a bare client lists by label.
+	indexed bool
 	// identities are the namespaces whose pod ServiceAccount and RoleBinding this process has
 	// made sure of: two creates per namespace, not per pod (set up by SetupWithManager).
 	identities *sync.Map
@@ -254,8 +257,8 @@ func (r *VendingMachineReconciler) image(vm *vendingv1alpha1.VendingMachine) str
 // observe reads the machine's pods, and what its ready current pod reports.
 func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alpha1.VendingMachine) (observation, error) {
 	var o observation
-	pods := &corev1.PodList{}
-	if err := r.List(ctx, pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm))); err != nil {
+	pods, err := r.podsOf(ctx, vm.Namespace, vm.Name)
+	if err != nil {
 		return o, err
 	}
 	o.pods, o.others = splitOwned(pods.Items, vm)
@@ -268,6 +271,16 @@ func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alp
 	}
 	o.escalatedTo = escalationTarget(vm)
 	return o, nil
+}
+
+// podsOf lists the pods of machine namespace/name (its label) from the cache's index.
+func (r *VendingMachineReconciler) podsOf(ctx context.Context, namespace, name string) (*corev1.PodList, error) {
+	pods := &corev1.PodList{}
+	by := client.ListOption(client.MatchingLabels{labelMachine: name})
+	if r.indexed {
+		by = client.MatchingFields{podsByMachine: name}
+	}
+	return pods, r.List(ctx, pods, client.InNamespace(namespace), by)
 }
 
 // observeLive reads the machine and its pods again from the API server (quorum reads).
@@ -329,8 +342,8 @@ func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object
 // each once that cannot let its object vanish while it runs (a pod force-deleted while it runs
 // is released when it is terminal: its status update brings the next pass).
 func (r *VendingMachineReconciler) releaseAll(ctx context.Context, namespace, name string) error {
-	pods := &corev1.PodList{}
-	if err := r.List(ctx, pods, client.InNamespace(namespace), client.MatchingLabels{labelMachine: name}); err != nil {
+	pods, err := r.podsOf(ctx, namespace, name)
+	if err != nil {
 		return err
 	}
 	for i := range pods.Items {
@@ -591,6 +604,10 @@ func truncate(s string, n int) string {
 // services they own.
 func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	r.identities = new(sync.Map)
+	if err := indexByLabel(context.Background(), mgr, &corev1.Pod{}, podsByMachine, labelMachine); err != nil {
+		return err
+	}
+	r.indexed = true
 	return ctrl.NewControllerManagedBy(mgr).
 		// Our own status writes do not wake us: only spec changes and annotations (the reset
 		// a fleet or a human asks for) do, besides the children.
