@@ -110,9 +110,14 @@ bench: ## Micro-benchmarks: the event log (group commit) and the vending pod (re
 	go test ./internal/vendingpod/ -run XXX -bench 'Replay|StartToReady' -benchtime 5x
 
 .PHONY: bench-scale
-bench-scale: build controlplane ## The operator at scale (envtest): 1,000 machines and 100 failures; a fleet of 200 and 50 escalations.
+bench-scale: build controlplane ## The operator at scale (envtest): 1,000 machines and 100 failures; a fleet of 1,000 and 100 escalations.
 	go run ./hack/scalebench -machines 1000 -failures 100 -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
-	go run ./hack/scalebench -fleet -machines 200 -failures 50 -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
+	go run ./hack/scalebench -fleet -fleet-size 1000 -machines 1000 -failures 100 -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
+
+.PHONY: bench-scale-10k
+bench-scale-10k: build controlplane ## 10,000 machines on one operator (about 15 minutes): 1,000 failures at once; then 10 fleets of 1,000.
+	go run ./hack/scalebench -machines 10000 -failures 1000 -settle-timeout 20m -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
+	go run ./hack/scalebench -fleet -fleet-size 1000 -machines 10000 -failures 100 -settle-timeout 20m -manager bin/manager -assets "$(CONTROLPLANE_DIR)"
 
 ##@ Build
 

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -41,6 +42,7 @@ func main() {
 		apiQPS          float64
 		apiBurst        int
 		leaderNamespace string
+		stateRefresh    time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
 		"Address the metrics endpoint binds to (:8443 for HTTPS, :8080 for HTTP, 0 to disable).")
@@ -58,6 +60,9 @@ func main() {
 	// machines into minutes; the API server's priority and fairness protects itself anyway.
 	flag.Float64Var(&apiQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "Requests per second the manager sends to the API server.")
 	flag.IntVar(&apiBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "Burst of requests the manager may send to the API server.")
+	flag.DurationVar(&stateRefresh, "state-refresh-interval", controller.DefaultStateRefresh,
+		"How long a quiet machine's reported state (coins, out of milk) stands before its pod is asked again; "+
+			"a new pod, a readiness change, an in-place restart or the machine's read-state annotation ask at once.")
 	flag.StringVar(&leaderNamespace, "leader-election-namespace", "",
 		"Namespace of the leader election's Lease (default: the pod's own).")
 	timing := managerloop.DefaultTiming
@@ -106,6 +111,7 @@ func main() {
 				VendingImage:   vendingImage,
 				PodClusterRole: podClusterRole,
 				StateReader:    controller.NewHTTPStateReader(),
+				StateRefresh:   stateRefresh,
 				APIReader:      mgr.GetAPIReader(),
 			}).SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: concurrency}); err != nil {
 				return fmt.Errorf("controller VendingMachine: %w", err)

@@ -1,15 +1,21 @@
 // Command scalebench measures the operator at scale on a real kube-apiserver and etcd (envtest,
 // from bin/k8s): it runs the manager binary as its own process, creates many VendingMachines,
-// plays the kubelet for their pods, then fails many pods at once, and reports how long each
-// phase took to settle, reconciles per second, the API writes the manager sent, reconcile errors
-// and the manager's peak RSS.
+// plays the kubelet for their pods (each new pod is reported Running and Ready, with an IP on
+// which this tool answers GET /v1/state as a vending pod would), watches a steady state, then
+// fails many pods at once. For each phase it reports how long it took to settle, the manager's
+// reconciles, its API writes by verb and resource (from the API server's audit log, user
+// "manager"), its workqueue latency, its requests to pods, heap and goroutines; and the
+// manager's peak RSS.
 //
 //	make build controlplane && go run ./hack/scalebench -machines 1000 -failures 100
-//	go run ./hack/scalebench -fleet -machines 200 -failures 50   # one VendingFleet; 50 escalate at once
+//	go run ./hack/scalebench -machines 10000 -failures 1000 -settle-timeout 20m
+//	go run ./hack/scalebench -fleet -fleet-size 1000 -machines 1000 -failures 100   # 100 escalate at once
 //
-// The baseline, measured in the same run on the same API server, is the floor an operator
+// The baselines, measured in the same run on the same API server, are the floor an operator
 // cannot beat: the same children (claim, service, pod per machine) created directly by this
-// process with as many workers as the manager has.
+// process with as many workers as the manager has; and, for the failures, the writes a restart
+// needs at least (delete the failed pod, create its successor, record it: one status patch)
+// sent directly.
 package main
 
 import (
@@ -18,12 +24,15 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +56,7 @@ import (
 
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
+	"github.com/vendingfleet/vending-operator/internal/controller"
 )
 
 const (
@@ -54,15 +64,19 @@ const (
 	fleetNS      = "fleet"   // the machines under test
 	container    = "vending" // the vending pod's container
 	image        = "bench/vendingpod:dev"
+	// podIP is every pod's IP: this tool's state server answers there for all of them.
+	podIP = "127.0.0.1"
+	// defaultConcurrency is the manager's, for the baselines when -max-concurrent-reconciles is 0.
+	defaultConcurrency = controller.DefaultMaxConcurrentReconciles
 )
 
 type options struct {
-	machines, failures, workers, concurrency int
-	manager, assets, crds                    string
-	qps                                      float64
-	burst                                    int
-	timeout                                  time.Duration
-	fleet                                    bool
+	machines, failures, workers, concurrency, fleetSize int
+	manager, assets, crds                               string
+	qps                                                 float64
+	burst                                               int
+	timeout, steady                                     time.Duration
+	fleet                                               bool
 }
 
 func main() {
@@ -70,36 +84,63 @@ func main() {
 	flag.IntVar(&o.machines, "machines", 1000, "VendingMachines to create")
 	flag.IntVar(&o.failures, "failures", 100, "pods failed at once after the machines settle")
 	flag.IntVar(&o.workers, "workers", 16, "this tool's own concurrent API clients (creating, playing the kubelet)")
-	flag.IntVar(&o.concurrency, "max-concurrent-reconciles", 4, "passed to the manager")
-	flag.Float64Var(&o.qps, "kube-api-qps", 100, "passed to the manager")
-	flag.IntVar(&o.burst, "kube-api-burst", 200, "passed to the manager")
-	flag.BoolVar(&o.fleet, "fleet", false, "create the machines through one VendingFleet, and make the failures escalations "+
-		"(a reason the decider does not restart) that the fleet resets")
-	flag.DurationVar(&o.timeout, "settle-timeout", 3*time.Minute, "how long a phase may take to settle")
+	flag.IntVar(&o.concurrency, "max-concurrent-reconciles", 0, "passed to the manager (0: the manager's default)")
+	flag.Float64Var(&o.qps, "kube-api-qps", 0, "passed to the manager (0: the manager's default)")
+	flag.IntVar(&o.burst, "kube-api-burst", 0, "passed to the manager (0: the manager's default)")
+	flag.BoolVar(&o.fleet, "fleet", false, "create the machines through VendingFleets of -fleet-size, and make the failures "+
+		"escalations (a reason the decider does not restart) that the fleets reset")
+	flag.IntVar(&o.fleetSize, "fleet-size", 1000, "machines per fleet, with -fleet")
+	flag.DurationVar(&o.timeout, "settle-timeout", 5*time.Minute, "how long a phase may take to settle")
+	flag.DurationVar(&o.steady, "steady", time.Minute, "how long to watch the settled machines (no failures) for writes and pod requests")
 	flag.StringVar(&o.manager, "manager", "bin/manager", "manager binary (make build)")
 	flag.StringVar(&o.assets, "assets", "bin/k8s/v1.37.2", "control plane binaries (make controlplane)")
 	flag.StringVar(&o.crds, "crds", "config/crd/bases", "CRD directory")
 	flag.Parse()
+	if o.fleet && o.fleetSize <= 0 {
+		o.fleetSize = o.machines
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "scalebench:", err)
 		os.Exit(1)
 	}
 }
 
+// auditPolicy records, at Metadata level, every write the manager (user "manager") sends, and
+// nothing else: the writes by verb and resource are counted from it.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  users: ["manager"]
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+`
+
 func run(o options) error {
 	scheme := k8sruntime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(vendingv1alpha1.AddToScheme(scheme))
 
+	dir, err := os.MkdirTemp("", "scalebench-")
+	if err != nil {
+		return err
+	}
+	audit := &auditLog{path: filepath.Join(dir, "audit.log")}
+	if err := os.WriteFile(filepath.Join(dir, "audit-policy.yaml"), []byte(auditPolicy), 0o600); err != nil {
+		return err
+	}
 	env := &envtest.Environment{CRDDirectoryPaths: []string{o.crds}, ErrorIfCRDPathMissing: true, BinaryAssetsDirectory: o.assets}
-	// envtest's default service range (a /24) holds 254 services; a thousand machines need more.
-	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	// envtest's default service range (a /24) holds 254 services; thousands of machines need more.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/12").
+		Set("audit-policy-file", filepath.Join(dir, "audit-policy.yaml")).Set("audit-log-path", audit.path).
+		Set("audit-log-maxsize", "0") // one file, never rotated under the reader
 	cfg, err := env.Start()
 	if err != nil {
 		return fmt.Errorf("starting the control plane from %s (make controlplane): %w", o.assets, err)
 	}
 	defer func() { _ = env.Stop() }()
-	cfg.QPS, cfg.Burst = 1000, 2000 // this tool must not be the bottleneck it measures
+	cfg.QPS, cfg.Burst = 2000, 4000 // this tool must not be the bottleneck it measures
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return err
@@ -107,10 +148,14 @@ func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ctrllog.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
+	pods, err := startStateServer()
+	if err != nil {
+		return err
+	}
 
 	fmt.Printf("machine: %d CPUs, %s/%s, %s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
-	fmt.Printf("machines=%d failures=%d manager concurrency=%d qps=%v burst=%d\n\n",
-		o.machines, o.failures, o.concurrency, o.qps, o.burst)
+	fmt.Printf("machines=%d failures=%d fleet=%v (size %d) manager flags: concurrency=%d qps=%v burst=%d (0: default)\n\n",
+		o.machines, o.failures, o.fleet, o.fleetSize, o.concurrency, o.qps, o.burst)
 
 	// Baseline: the children alone, written straight to the API server.
 	for _, ns := range []string{"baseline", fleetNS} {
@@ -118,15 +163,19 @@ func run(o options) error {
 			return err
 		}
 	}
+	workers := o.concurrency
+	if workers == 0 {
+		workers = defaultConcurrency
+	}
 	start := time.Now()
-	if err := parallel(o.machines, o.concurrency, func(i int) error { return createChildren(ctx, c, "baseline", i) }); err != nil {
+	if err := parallel(o.machines, workers, func(i int) error { return createChildren(ctx, c, "baseline", i) }); err != nil {
 		return fmt.Errorf("baseline: %w", err)
 	}
 	baseline := time.Since(start)
 	fmt.Printf("baseline: %d×(claim+service+pod) written directly with %d workers: %v (%.0f writes/s)\n",
-		o.machines, o.concurrency, baseline.Round(time.Millisecond), float64(3*o.machines)/baseline.Seconds())
+		o.machines, workers, baseline.Round(time.Millisecond), float64(3*o.machines)/baseline.Seconds())
 
-	mgr, err := startManager(ctx, env, o)
+	mgr, err := startManager(ctx, env, dir, o)
 	if err != nil {
 		return err
 	}
@@ -134,7 +183,8 @@ func run(o options) error {
 
 	// What this tool watches it reads from an informer cache, so its polling costs the API
 	// server nothing.
-	informers, err := cache.New(cfg, cache.Options{Scheme: scheme, DefaultNamespaces: map[string]cache.Config{fleetNS: {}}})
+	informers, err := cache.New(cfg, cache.Options{Scheme: scheme, DefaultNamespaces: map[string]cache.Config{fleetNS: {}},
+		DefaultTransform: cache.TransformStripManagedFields()})
 	if err != nil {
 		return err
 	}
@@ -149,94 +199,269 @@ func run(o options) error {
 	informers.WaitForCacheSync(ctx)
 
 	// Phase 1: create the machines; wait until each has its children and is Ready.
-	before, err := mgr.scrape()
-	if err != nil {
-		return err
-	}
-	start = time.Now()
-	create := func(i int) error { return c.Create(ctx, machine(i)) }
+	p := mgr.phase(audit, pods)
+	create := func(i int) error { return c.Create(ctx, machine(o, i)) }
+	n := o.machines
 	if o.fleet {
-		create = func(int) error { return c.Create(ctx, fleetOf(o.machines)) }
+		n = (o.machines + o.fleetSize - 1) / o.fleetSize
+		create = func(i int) error { return c.Create(ctx, fleetOf(o, i)) }
 	}
-	if err := parallel(map[bool]int{true: 1, false: o.machines}[o.fleet], o.workers, create); err != nil {
+	if err := parallel(n, o.workers, create); err != nil {
 		return fmt.Errorf("creating machines: %w", err)
 	}
-	created := time.Since(start)
+	created := time.Since(p.start)
 	if err := waitFor(ctx, informers, o.machines, o.timeout, func(vm *vendingv1alpha1.VendingMachine) bool {
 		return settled(vm, 0)
 	}); err != nil {
 		return err
 	}
-	settle := time.Since(start)
-	after, err := mgr.scrape()
-	if err != nil {
+	if err := p.report("create", o.machines, created); err != nil {
 		return err
 	}
-	report("create", o.machines, created, settle, before, after)
+	fmt.Printf("  settle: %.2f× the baseline\n", p.took.Seconds()/baseline.Seconds())
 
-	// Phase 2: fail pods at once; wait for every restart. Alone, the machines restart the talk's
+	// Phase 2: the steady state: nothing fails; whatever the manager writes or asks pods now, it
+	// would do all day.
+	p = mgr.phase(audit, pods)
+	select {
+	case <-time.After(o.steady):
+	case <-ctx.Done():
+	}
+	if err := p.report("steady", o.machines, 0); err != nil {
+		return err
+	}
+	fmt.Printf("  steady: %.2f writes per machine per hour; %.2f requests to pods per second (%.3f per 1,000 machines)\n",
+		float64(p.writes.total())/float64(o.machines)*time.Hour.Seconds()/p.took.Seconds(),
+		float64(p.podRequests)/p.took.Seconds(), float64(p.podRequests)/p.took.Seconds()*1000/float64(o.machines))
+
+	// Baseline of the failures: the writes one restart needs at least, sent directly for as many
+	// pods: delete the failed pod, create its successor, patch a status.
+	start = time.Now()
+	if err := parallel(o.failures, workers, func(i int) error { return restartDirectly(ctx, c, "baseline", i) }); err != nil {
+		return fmt.Errorf("failure baseline: %w", err)
+	}
+	failBaseline := time.Since(start)
+	fmt.Printf("\nbaseline: %d×(delete pod+create pod+patch status) written directly with %d workers: %v\n",
+		o.failures, workers, failBaseline.Round(time.Millisecond))
+
+	// Phase 3: fail pods at once; wait for every restart. Alone, the machines restart the talk's
 	// OutOfCoffeeBeans; in a fleet, they escalate a reason their decider does not know and the
 	// fleet resets them.
-	before = after
-	start = time.Now()
+	p = mgr.phase(audit, pods)
 	reason, exit := contract.ReasonOutOfCoffeeBeans, int32(contract.ExitOutOfCoffeeBeans)
 	if o.fleet {
 		reason, exit = "Panic", 2
 	}
-	if err := parallel(o.failures, o.workers, func(i int) error { return kubelet.fail(ctx, c, i, reason, exit) }); err != nil {
+	failed := map[string]bool{}
+	for i := range o.failures {
+		failed[machineName(o, i)] = true
+	}
+	if err := parallel(o.failures, o.workers, func(i int) error { return kubelet.fail(ctx, c, machineName(o, i), reason, exit) }); err != nil {
 		return fmt.Errorf("failing pods: %w", err)
 	}
-	failed := time.Since(start)
+	input := time.Since(p.start)
 	if err := waitFor(ctx, informers, o.machines, o.timeout, func(vm *vendingv1alpha1.VendingMachine) bool {
 		want := int32(0)
-		if index(vm.Name) < o.failures {
+		if failed[vm.Name] {
 			want = 1
 		}
 		return settled(vm, want)
 	}); err != nil {
 		return err
 	}
-	recovered := time.Since(start)
-	after, err = mgr.scrape()
-	if err != nil {
+	if err := p.report("fail", o.failures, input); err != nil {
 		return err
 	}
-	report("fail", o.failures, failed, recovered, before, after)
+	fmt.Printf("  recovery: %.2f× the baseline of its writes\n", p.took.Seconds()/failBaseline.Seconds())
 
 	peak, rss := mgr.memory()
 	fmt.Printf("\nmanager memory: peak RSS (VmHWM) %d MiB, RSS now %d MiB\n", peak>>10, rss>>10)
-	fmt.Printf("reconcile errors in all: %.0f\n", after["controller_runtime_reconcile_errors_total"])
+	fmt.Printf("reconcile errors in all: %.0f\n", p.after["controller_runtime_reconcile_errors_total"])
 	return nil
 }
 
-// report prints one phase: how long the input took to write, how long until settled, and what
-// the manager did meanwhile (from its own metrics).
-func report(phase string, n int, input, settle time.Duration, before, after map[string]float64) {
-	d := func(k string) float64 { return after[k] - before[k] }
+// phase is one measured phase: the manager's counters, the audit log and the pods' requests
+// before it, and how it went.
+type phase struct {
+	mgr           *managerProcess
+	audit         *auditLog
+	pods          *stateServer
+	start         time.Time
+	before, after map[string]float64
+	took          time.Duration
+	writes        writes
+	podRequests   int64
+	podsBefore    int64
+}
+
+func (m *managerProcess) phase(audit *auditLog, pods *stateServer) *phase {
+	before, err := m.scrape()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "scrape:", err)
+	}
+	_, _ = audit.read() // what came before is not this phase's
+	return &phase{mgr: m, audit: audit, pods: pods, start: time.Now(), before: before, podsBefore: pods.requests.Load()}
+}
+
+// report prints the phase: how long the input took to write, how long until settled, and what
+// the manager did meanwhile.
+func (p *phase) report(name string, n int, input time.Duration) error {
+	p.took = time.Since(p.start)
+	p.podRequests = p.pods.requests.Load() - p.podsBefore
+	var err error
+	if p.after, err = p.mgr.scrape(); err != nil {
+		return err
+	}
+	time.Sleep(time.Second) // the audit log's last lines
+	if p.writes, err = p.audit.read(); err != nil {
+		return err
+	}
+	d := func(k string) float64 { return p.after[k] - p.before[k] }
 	reconciles := d("controller_runtime_reconcile_total")
-	fmt.Printf("%s: %d machines: input written in %v, settled in %v; %.0f reconciles (%.0f/s), %.0f errors; "+
-		"manager API writes: %.0f POST, %.0f PUT, %.0f PATCH, %.0f DELETE (%.1f per machine)\n",
-		phase, n, input.Round(time.Millisecond), settle.Round(time.Millisecond), reconciles,
-		reconciles/settle.Seconds(), d("controller_runtime_reconcile_errors_total"),
-		d("POST"), d("PUT"), d("PATCH"), d("DELETE"), (d("POST")+d("PUT")+d("PATCH")+d("DELETE"))/float64(n))
+	fmt.Printf("%s: %d machines: input written in %v, settled in %v; %.0f reconciles (%.0f/s), %.0f errors\n",
+		name, n, input.Round(time.Millisecond), p.took.Round(time.Millisecond), reconciles,
+		reconciles/p.took.Seconds(), d("controller_runtime_reconcile_errors_total"))
+	fmt.Printf("  manager API writes: %d (%.2f per machine): %s\n", p.writes.total(), float64(p.writes.total())/float64(n), p.writes)
+	if q := d("workqueue_count"); q > 0 {
+		fmt.Printf("  workqueue: %.0f adds waited %.1f ms on average, p99 ≤ %s\n", q, d("workqueue_sum")/q*1000,
+			quantile(p.before, p.after, 0.99))
+	}
+	fmt.Printf("  requests to pods: %d (%.2f/s); heap in use %.0f MiB, goroutines %.0f (at the end)\n", p.podRequests,
+		float64(p.podRequests)/p.took.Seconds(), p.after["go_memstats_heap_inuse_bytes"]/(1<<20), p.after["go_goroutines"])
+	return nil
 }
 
-func machine(i int) *vendingv1alpha1.VendingMachine {
-	return &vendingv1alpha1.VendingMachine{ObjectMeta: metav1.ObjectMeta{Namespace: fleetNS, Name: fmt.Sprintf("m-%d", i)}}
+// quantile is the upper bound of the workqueue latency bucket holding quantile q of the
+// phase's adds.
+func quantile(before, after map[string]float64, q float64) string {
+	var les []float64
+	for k := range after {
+		if le, ok := strings.CutPrefix(k, "workqueue_le_"); ok {
+			v, _ := strconv.ParseFloat(le, 64)
+			les = append(les, v)
+		}
+	}
+	slices.Sort(les)
+	total := after["workqueue_count"] - before["workqueue_count"]
+	for _, le := range les {
+		k := "workqueue_le_" + strconv.FormatFloat(le, 'g', -1, 64)
+		if after[k]-before[k] >= q*total {
+			return (time.Duration(le * float64(time.Second))).String()
+		}
+	}
+	return "+Inf"
 }
 
-// fleetOf is one fleet named m, whose machines m-0 ... are named as machine(i) names them. Its
-// intensity absorbs every escalation the benchmark makes.
-func fleetOf(n int) *vendingv1alpha1.VendingFleet {
-	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: fleetNS, Name: "m"}}
-	f.Spec.Replicas = ptr.To(int32(n))
-	f.Spec.Intensity.MaxEscalations = ptr.To(int32(100))
+// writes counts API writes by verb and resource.
+type writes map[string]int
+
+func (w writes) total() int {
+	n := 0
+	for _, v := range w {
+		n += v
+	}
+	return n
+}
+
+func (w writes) String() string {
+	keys := slices.Sorted(maps.Keys(w))
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%d %s", w[k], k)
+	}
+	if len(keys) == 0 {
+		return "none"
+	}
+	return b.String()
+}
+
+// auditLog reads the API server's audit log from where it last stopped.
+type auditLog struct {
+	path   string
+	offset int64
+}
+
+func (a *auditLog) read() (writes, error) {
+	f, err := os.Open(a.path)
+	if os.IsNotExist(err) {
+		return writes{}, nil
+	} else if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	if _, err := f.Seek(a.offset, io.SeekStart); err != nil {
+		return nil, err
+	}
+	out := writes{}
+	r := bufio.NewReaderSize(f, 1<<20)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil { // a partial last line is read next time
+			break
+		}
+		a.offset += int64(len(line))
+		var ev struct {
+			Verb      string `json:"verb"`
+			ObjectRef struct {
+				Resource    string `json:"resource"`
+				Subresource string `json:"subresource"`
+			} `json:"objectRef"`
+		}
+		if json.Unmarshal(line, &ev) != nil {
+			continue
+		}
+		what := ev.ObjectRef.Resource
+		if ev.ObjectRef.Subresource != "" {
+			what += "/" + ev.ObjectRef.Subresource
+		}
+		out[strings.ToUpper(ev.Verb)+" "+what]++
+	}
+	return out, nil
+}
+
+// stateServer answers GET /v1/state as a settled vending pod does, for every pod (they all have
+// this tool's address as IP), and counts the requests.
+type stateServer struct{ requests atomic.Int64 }
+
+func startStateServer() (*stateServer, error) {
+	s := &stateServer{}
+	ln, err := net.Listen("tcp", net.JoinHostPort(podIP, strconv.Itoa(contract.Port)))
+	if err != nil {
+		return nil, fmt.Errorf("the pods' state server on %s:%d: %w", podIP, contract.Port, err)
+	}
+	body, _ := json.Marshal(contract.State{Beans: 100, Milk: 50, Menu: map[string]int{"Espresso": 2}, Dispensed: map[string]int{}})
+	go func() {
+		_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.requests.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(body)
+		}))
+	}()
+	return s, nil
+}
+
+// machineName is machine i's name: m-<i>, or <fleet>-<n> in fleets f0, f1, ...
+func machineName(o options, i int) string {
+	if o.fleet {
+		return fmt.Sprintf("f%d-%d", i/o.fleetSize, i%o.fleetSize)
+	}
+	return fmt.Sprintf("m-%d", i)
+}
+
+func machine(o options, i int) *vendingv1alpha1.VendingMachine {
+	return &vendingv1alpha1.VendingMachine{ObjectMeta: metav1.ObjectMeta{Namespace: fleetNS, Name: machineName(o, i)}}
+}
+
+// fleetOf is fleet i (f<i>), whose machines are named as machineName names them. Its intensity
+// absorbs every escalation the benchmark makes.
+func fleetOf(o options, i int) *vendingv1alpha1.VendingFleet {
+	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: fleetNS, Name: fmt.Sprintf("f%d", i)}}
+	f.Spec.Replicas = ptr.To(int32(min(o.fleetSize, o.machines-i*o.fleetSize)))
+	f.Spec.Intensity.MaxEscalations = ptr.To(int32(max(100, o.failures)))
 	return f
-}
-
-func index(name string) int {
-	i, _ := strconv.Atoi(strings.TrimPrefix(name, "m-"))
-	return i
 }
 
 // settled: the status describes the current generation, the machine is Ready and has
@@ -257,7 +482,7 @@ func waitFor(ctx context.Context, c client.Reader, n int, limit time.Duration, o
 	deadline := time.Now().Add(limit)
 	for {
 		list := &vendingv1alpha1.VendingMachineList{}
-		if err := c.List(ctx, list, client.InNamespace(fleetNS)); err != nil {
+		if err := c.List(ctx, list, client.InNamespace(fleetNS), client.UnsafeDisableDeepCopy); err != nil {
 			return err
 		}
 		done, example := 0, ""
@@ -275,7 +500,7 @@ func waitFor(ctx context.Context, c client.Reader, n int, limit time.Duration, o
 		if time.Now().After(deadline) {
 			return fmt.Errorf("only %d of %d machines settled after %v; one that did not: %s", done, n, limit, example)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 
@@ -317,6 +542,23 @@ func createChildren(ctx context.Context, c client.Client, ns string, i int) erro
 	return nil
 }
 
+// restartDirectly writes what one restart needs at least: the failed pod deleted, its
+// successor created, a status patched (here the new pod's, as a machine's would be).
+func restartDirectly(ctx context.Context, c client.Client, ns string, i int) error {
+	old := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("b-%d", i)}}
+	if err := c.Delete(ctx, old, client.GracePeriodSeconds(0)); err != nil {
+		return err
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("b-%d-1", i)},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: container, Image: image}}}}
+	if err := c.Create(ctx, pod); err != nil {
+		return err
+	}
+	base := pod.DeepCopy()
+	pod.Status.Phase = corev1.PodRunning
+	return c.Status().Patch(ctx, pod, client.MergeFrom(base))
+}
+
 // kubelet plays the kubelet for the machines' pods: a new pod is reported Running and Ready.
 type kubelet struct {
 	mu   sync.Mutex
@@ -344,6 +586,7 @@ func startKubelet(ctx context.Context, informers cache.Cache, c client.Client, w
 				pod = pod.DeepCopy()
 				now := metav1.Now()
 				pod.Status = corev1.PodStatus{Phase: corev1.PodRunning,
+					PodIP: podIP, PodIPs: []corev1.PodIP{{IP: podIP}},
 					Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
 					ContainerStatuses: []corev1.ContainerStatus{{Name: container, Ready: true, Image: pod.Spec.Containers[0].Image,
 						State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}}}}}
@@ -359,10 +602,10 @@ func startKubelet(ctx context.Context, informers cache.Cache, c client.Client, w
 	return k, nil
 }
 
-// fail reports machine i's current pod terminated with a reason, as a kubelet would.
-func (k *kubelet) fail(ctx context.Context, c client.Client, i int, reason string, exit int32) error {
+// fail reports the machine's current pod terminated with a reason, as a kubelet would.
+func (k *kubelet) fail(ctx context.Context, c client.Client, machine, reason string, exit int32) error {
 	k.mu.Lock()
-	name := k.pods[fmt.Sprintf("m-%d", i)]
+	name := k.pods[machine]
 	k.mu.Unlock()
 	pod := &corev1.Pod{}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: fleetNS, Name: name}, pod); err != nil {
@@ -386,7 +629,7 @@ type managerProcess struct {
 	done    chan struct{}
 }
 
-func startManager(ctx context.Context, env *envtest.Environment, o options) (*managerProcess, error) {
+func startManager(ctx context.Context, env *envtest.Environment, dir string, o options) (*managerProcess, error) {
 	user, err := env.ControlPlane.AddUser(envtest.User{Name: "manager", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		return nil, err
@@ -395,19 +638,24 @@ func startManager(ctx context.Context, env *envtest.Environment, o options) (*ma
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "scalebench-")
-	if err != nil {
-		return nil, err
-	}
 	path := filepath.Join(dir, "kubeconfig")
 	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
 		return nil, err
 	}
 	metricsAddr, probeAddr := freeAddr(), freeAddr()
-	cmd := exec.CommandContext(ctx, o.manager, "--kubeconfig", path,
+	args := []string{"--kubeconfig", path,
 		"--metrics-bind-address", metricsAddr, "--metrics-secure=false", "--health-probe-bind-address", probeAddr,
-		"--vending-image", image, "--max-concurrent-reconciles", strconv.Itoa(o.concurrency),
-		"--kube-api-qps", fmt.Sprint(o.qps), "--kube-api-burst", strconv.Itoa(o.burst), "--zap-log-level", "error")
+		"--vending-image", image, "--zap-log-level", "error"}
+	if o.concurrency > 0 {
+		args = append(args, "--max-concurrent-reconciles", strconv.Itoa(o.concurrency))
+	}
+	if o.qps > 0 {
+		args = append(args, "--kube-api-qps", fmt.Sprint(o.qps))
+	}
+	if o.burst > 0 {
+		args = append(args, "--kube-api-burst", strconv.Itoa(o.burst))
+	}
+	cmd := exec.CommandContext(ctx, o.manager, args...)
 	logFile, err := os.Create(filepath.Join(dir, "manager.log"))
 	if err != nil {
 		return nil, err
@@ -447,8 +695,8 @@ func (m *managerProcess) stop() {
 	}
 }
 
-// scrape reads the manager's counters: reconciles and errors of the vendingmachine controller,
-// and client-go's requests by method (the API writes the manager sent).
+// scrape reads the manager's counters: reconciles and errors, client-go's requests by method,
+// the machine controller's workqueue latency, heap in use and goroutines.
 func (m *managerProcess) scrape() (map[string]float64, error) {
 	resp, err := http.Get(m.metrics)
 	if err != nil {
@@ -480,6 +728,17 @@ func (m *managerProcess) scrape() (map[string]float64, error) {
 					out[method] += v
 				}
 			}
+		case strings.HasPrefix(name, `workqueue_queue_duration_seconds_bucket{`) && strings.Contains(name, `name="vendingmachine"`):
+			if i := strings.Index(name, `le="`); i >= 0 {
+				le := name[i+4:]
+				out["workqueue_le_"+le[:strings.IndexByte(le, '"')]] = v
+			}
+		case strings.HasPrefix(name, `workqueue_queue_duration_seconds_sum{`) && strings.Contains(name, `name="vendingmachine"`):
+			out["workqueue_sum"] = v
+		case strings.HasPrefix(name, `workqueue_queue_duration_seconds_count{`) && strings.Contains(name, `name="vendingmachine"`):
+			out["workqueue_count"] = v
+		case name == "go_memstats_heap_inuse_bytes", name == "go_goroutines":
+			out[name] = v
 		}
 	}
 	return out, sc.Err()

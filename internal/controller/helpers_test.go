@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,12 +30,16 @@ var (
 	podState   = contract.State{TotalCoins: 7, Sequence: 3}
 )
 
+// podStateReads counts the operator's requests to the pods' state (all pods share the fake).
+var podStateReads atomic.Int64
+
 func setPodState(s contract.State) { podStateMu.Lock(); podState = s; podStateMu.Unlock() }
 
 func startFakePodAPI() StateReader {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		podStateMu.Lock()
 		defer podStateMu.Unlock()
+		podStateReads.Add(1)
 		_ = json.NewEncoder(w).Encode(podState)
 	}))
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
@@ -82,10 +87,13 @@ func waitPod(g Gomega, vm *vendingv1alpha1.VendingMachine, n int) *corev1.Pod {
 
 // kubeletRun reports the pod running and ready, as a kubelet would (on the suite's clock, which
 // tests may have stepped).
-func kubeletRun(g Gomega, pod *corev1.Pod) {
+func kubeletRun(g Gomega, pod *corev1.Pod) { kubeletRunAt(g, pod, "127.0.0.1") }
+
+// kubeletRunAt is kubeletRun with the pod's IP.
+func kubeletRunAt(g Gomega, pod *corev1.Pod, ip string) {
 	now := metav1.NewTime(testClock.Now())
 	pod.Status = corev1.PodStatus{
-		Phase: corev1.PodRunning, PodIP: "127.0.0.1",
+		Phase: corev1.PodRunning, PodIP: ip,
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
 		ContainerStatuses: []corev1.ContainerStatus{{Name: "vending", Ready: true, Image: pod.Spec.Containers[0].Image,
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}}}},

@@ -47,6 +47,9 @@ const (
 	// handed to humans (spec.corruptLog.policy Escalate). Written once per occurrence, before
 	// the events, so that a requeue or a restarted operator does not announce it again.
 	annotationCorruptLogHeld = "vending.resilience.dev/corrupt-log-held"
+	// AnnotationReadState on a VendingMachine: change its value to have the operator ask the
+	// machine's pod for its state (coins, out of milk) now, instead of at the next refresh.
+	AnnotationReadState = "vending.resilience.dev/read-state"
 	// annotationQuarantineReason on a quarantined claim: why, when and by whom.
 	annotationQuarantineReason = "vending.resilience.dev/quarantine-reason"
 )

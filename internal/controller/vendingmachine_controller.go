@@ -41,9 +41,6 @@ const DefaultVendingImage = "vendingfleet/vendingpod:dev"
 // kindVendingFleet is the Kind of a VendingFleet, as a machine's controller reference names it.
 const kindVendingFleet = "VendingFleet"
 
-// stateRefresh is how often a ready machine's reported state (coins, degraded) is read again.
-const stateRefresh = 30 * time.Second
-
 // Options tunes the controllers.
 type Options = controller.Options
 
@@ -58,9 +55,15 @@ type VendingMachineReconciler struct {
 	Clock clock.PassiveClock
 	// StateReader reads what a ready pod reports; nil: not read.
 	StateReader StateReader
+	// StateRefresh is how long a quiet machine's reported state is used before its pod is asked
+	// again (DefaultStateRefresh when 0).
+	StateRefresh time.Duration
+	states       *stateReads // made by SetupWithManager (or on first use, for a reconciler run alone)
 	// APIReader reads from the API server, not the cache (the manager's GetAPIReader): a step
 	// that creates a pod is decided on what it reads. Nil: the Client.
 	APIReader client.Reader
+	// FirstStatusDelay overrides the package's FirstStatusDelay (tests; negative: none).
+	FirstStatusDelay time.Duration
 	// PodClusterRole is what the pods' ServiceAccount is bound to in each namespace with
 	// machines (DefaultPodClusterRole when empty).
 	PodClusterRole string
@@ -92,6 +95,7 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err := r.Get(ctx, req.NamespacedName, vm); apierrors.IsNotFound(err) {
 		// Gone: its pods go with the garbage collector (owner references), once their
 		// finalizers are off; a retained claim has no owner and stays.
+		r.stateReads().forget(req.NamespacedName)
 		return ctrl.Result{}, r.releaseAll(ctx, req.Namespace, req.Name)
 	} else if err != nil {
 		return ctrl.Result{}, err
@@ -111,6 +115,7 @@ func (r *VendingMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 		return ctrl.Result{}, r.sayRefused(ctx, vm, err)
 	}
+	r.observeState(ctx, vm, &o, step.Memory.PodName, now)
 	return r.carryOut(ctx, vm, step, o, now)
 }
 
@@ -169,9 +174,18 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	read := before.DeepCopy()
 	vm.Status = computeStatus(vm, step, o, now)
 	acts := len(step.Delete) > 0 || step.Create || len(step.Release) > 0
-	if !step.Memory.Equal(supervisor.MemoryOf(&before.Status)) {
+	// A new machine's first pod (incarnation 0, with the supervisor's finalizer) is its own
+	// record until the status is written: a pass that finds it without a memory adopts it
+	// (supervisor.Next), and a create of it again fails with AlreadyExists. So its memory is
+	// not written before the pod is created, which saves a write per machine.
+	first := before.Status.PodName == "" && step.Transition == vendingv1alpha1.PodCreated
+	// A pass that does not act writes its memory with the rest (below), or defers both.
+	deferred := first || (!acts && r.deferFirstStatus(read, vm, nil, now))
+	if !deferred && !step.Memory.Equal(supervisor.MemoryOf(&before.Status)) {
+		// observedGeneration advances only once the step is done: at once when there is nothing
+		// to do, in the same write (one write, not two); after the acts otherwise (below).
+		vm.Status.ObservedGeneration = vm.Generation
 		if acts {
-			// observedGeneration advances only once the step is done (below).
 			vm.Status.ObservedGeneration = before.Status.ObservedGeneration
 		}
 		if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
@@ -197,6 +211,10 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 		markRefused(&vm.Status, vm.Generation, actErr)
 	}
 	var result ctrl.Result
+	if r.deferFirstStatus(read, vm, actErr, now) {
+		result.RequeueAfter = max(r.firstStatusDelay()-now.Sub(vm.CreationTimestamp.Time), time.Millisecond)
+		return result, nil
+	}
 	if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
 		result.RequeueAfter = conflictRetry
 	} else if err != nil && actErr == nil {
@@ -215,9 +233,30 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	case step.NextRestartAt != nil:
 		result.RequeueAfter = max(step.NextRestartAt.Sub(now), time.Millisecond)
 	case o.state != nil:
-		result.RequeueAfter = stateRefresh
+		result.RequeueAfter = r.stateReads().due(client.ObjectKeyFromObject(vm), now)
 	}
 	return result, actErr
+}
+
+// FirstStatusDelay is how long a new machine's status may wait for its first write: a machine
+// whose pod is Ready sooner gets one status write that says so, instead of one that says it
+// starts and another that says it is Ready. Meanwhile the machine reads as not yet observed
+// (observedGeneration 0, which kstatus, Argo CD and kubectl wait read as in progress).
+const FirstStatusDelay = 5 * time.Second
+
+func (r *VendingMachineReconciler) firstStatusDelay() time.Duration {
+	if r.FirstStatusDelay != 0 {
+		return r.FirstStatusDelay
+	}
+	return FirstStatusDelay
+}
+
+// deferFirstStatus: the machine's status was never written (read is the machine as the pass
+// read it), it is only starting (no failure, no refusal, not Ready yet) and younger than the
+// first status delay: its first write waits for news.
+func (r *VendingMachineReconciler) deferFirstStatus(read, vm *vendingv1alpha1.VendingMachine, actErr error, now time.Time) bool {
+	return read.Status.PodName == "" && actErr == nil && vm.Status.Phase == vendingv1alpha1.PhasePending &&
+		vm.Status.LastFailure == nil && now.Sub(vm.CreationTimestamp.Time) < r.firstStatusDelay()
 }
 
 // conflictRetry is how soon a pass that met a conflict (its read was stale: usually the cache
@@ -240,6 +279,14 @@ func (r *VendingMachineReconciler) writeStatus(ctx context.Context, vm, base *ve
 	return err
 }
 
+// stateReads is the reconciler's memory of what pods reported (made on first use).
+func (r *VendingMachineReconciler) stateReads() *stateReads {
+	if r.states == nil {
+		r.states = newStateReads(r.StateRefresh)
+	}
+	return r.states
+}
+
 func (r *VendingMachineReconciler) clock() clock.PassiveClock {
 	if r.Clock == nil {
 		return clock.RealClock{}
@@ -254,7 +301,7 @@ func (r *VendingMachineReconciler) image(vm *vendingv1alpha1.VendingMachine) str
 	return r.VendingImage
 }
 
-// observe reads the machine's pods, and what its ready current pod reports.
+// observe reads the machine's pods.
 func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alpha1.VendingMachine) (observation, error) {
 	var o observation
 	pods, err := r.podsOf(ctx, vm.Namespace, vm.Name)
@@ -262,15 +309,30 @@ func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alp
 		return o, err
 	}
 	o.pods, o.others = splitOwned(pods.Items, vm)
-	if cur := o.pod(vm.Status.PodName); cur != nil && r.StateReader != nil && supervisor.Ready(cur) && cur.DeletionTimestamp == nil {
-		if st, err := r.StateReader.ReadState(ctx, cur); err == nil {
-			o.state, o.stateOf = st, cur.Name
-		} else {
-			logf.FromContext(ctx).V(1).Info("Reading machine state", "pod", klogRef(cur), "err", err.Error())
-		}
-	}
 	o.escalatedTo = escalationTarget(vm)
 	return o, nil
+}
+
+// observeState adds what the machine's current pod (of the step's memory) reports, when it is
+// ready: its last answer while nothing it was read after changed (stateReads), else asked now.
+func (r *VendingMachineReconciler) observeState(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation,
+	podName string, now time.Time) {
+	if cur := o.pod(podName); cur != nil && r.StateReader != nil && supervisor.Ready(cur) && cur.DeletionTimestamp == nil {
+		st, stale, ok := r.stateReads().last(vm, cur, now)
+		if !ok {
+			var err error
+			if st, err = r.StateReader.ReadState(ctx, cur); err == nil {
+				r.stateReads().remember(vm, cur, st, now)
+			} else {
+				// The pod's last answer stands until it answers again (asked on the next pass).
+				logf.FromContext(ctx).V(1).Info("Reading machine state", "pod", klogRef(cur), "err", err.Error())
+				st = stale
+			}
+		}
+		if st != nil {
+			o.state, o.stateOf = st, cur.Name
+		}
+	}
 }
 
 // podsOf lists the pods of machine namespace/name (its label) from the cache's index.
@@ -462,9 +524,9 @@ func (r *VendingMachineReconciler) announce(ctx context.Context, vm *vendingv1al
 		return
 	}
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: mem.PodName, Namespace: vm.Namespace}}
+	// A first start is routine: the status says it, and an event per machine would cost a
+	// write per machine (10,000 at a fleet's creation).
 	switch step.Transition {
-	case vendingv1alpha1.PodCreated:
-		r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Created", "CreatePod", "creating pod %s", mem.PodName)
 	case vendingv1alpha1.PodRestarted:
 		f := mem.LastFailure
 		r.Recorder.Eventf(vm, pod, corev1.EventTypeNormal, "Restarted", "CreatePod",
@@ -604,6 +666,7 @@ func truncate(s string, n int) string {
 // services they own.
 func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	r.identities = new(sync.Map)
+	r.states = newStateReads(r.StateRefresh)
 	if err := indexByLabel(context.Background(), mgr, &corev1.Pod{}, podsByMachine, labelMachine); err != nil {
 		return err
 	}

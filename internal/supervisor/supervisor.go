@@ -198,10 +198,16 @@ func choose(in Input) *Step {
 	cur := incarnationOfName(vm, mem.PodName)
 	for i := range in.Pods {
 		// A pod newer than the memory: the memory was lost (a status restored without its
-		// status, say). Adopt the pod rather than reuse its name.
+		// status, say), or a new machine's first pod was created before anything was written
+		// (the reconciler does not write the memory of a first start: the pod is its record).
+		// Adopt the pod rather than reuse its name: it was asked for, and incarnation 0 is
+		// always a first start.
 		if n := Incarnation(&in.Pods[i]); n > cur {
 			cur = n
-			s.Memory.PodName, s.Memory.PodUID = in.Pods[i].Name, ""
+			s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested = in.Pods[i].Name, "", true
+			if n == 0 && mem.PodName == "" {
+				s.Memory.PodCause = vendingv1alpha1.PodCreated
+			}
 		}
 	}
 	var olderRunning bool
