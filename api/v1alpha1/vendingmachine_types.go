@@ -424,11 +424,14 @@ type VendingMachineStatus struct {
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
 
-	// totalCoins the machine last reported, when it was reachable.
+	// totalCoins the machine's pod last reported. The operator asks the pod when it turns
+	// Ready, after an in-place restart, when the annotation vending.resilience.dev/read-state
+	// changes, and otherwise every 20 minutes (the manager's --state-refresh-interval), so that
+	// 10,000 quiet machines cost a few requests a second; the pod's GET /v1/state is live.
 	// +optional
 	TotalCoins *int64 `json:"totalCoins,omitempty"`
 
-	// sequence of the event log the machine last reported, when it was reachable.
+	// sequence of the event log the machine's pod last reported (read as totalCoins is).
 	// +optional
 	Sequence *int64 `json:"sequence,omitempty"`
 

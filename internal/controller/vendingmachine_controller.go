@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -73,6 +74,7 @@ type VendingMachineReconciler struct {
 	// identities are the namespaces whose pod ServiceAccount and RoleBinding this process has
 	// made sure of: two creates per namespace, not per pod (set up by SetupWithManager).
 	identities *sync.Map
+	identityMu *sync.Mutex
 }
 
 // +kubebuilder:rbac:groups=vending.resilience.dev,resources=vendingmachines,verbs=get;list;watch
@@ -144,24 +146,30 @@ func (r *VendingMachineReconciler) decide(ctx context.Context, vm *vendingv1alph
 	if vm.Spec.Paused {
 		return supervisor.Step{Memory: supervisor.MemoryOf(&vm.Status)}, nil
 	}
-	if err := r.ensure(ctx, buildPVC(vm)); err != nil {
-		return supervisor.Step{}, err
-	}
-	if err := r.ensure(ctx, buildService(vm)); err != nil {
-		return supervisor.Step{}, err
-	}
 	next := func() supervisor.Step {
 		return supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, Others: o.others,
 			TemplateHash: templateHash(vm, r.image(vm)), Now: now})
 	}
 	step := next()
+	// The claim and the Service exist before any pod is created; they, and the live reads
+	// below, go at once: a new machine costs one round trip to the API server here, not four.
+	var g errgroup.Group
+	pvc, svc := buildPVC(vm), buildService(vm)
+	g.Go(func() error { return r.ensure(ctx, pvc) })
+	g.Go(func() error { return r.ensure(ctx, svc) })
+	var live *liveView
 	if step.Create {
 		// Creating a pod is the one step that could put two pods on the claim (a cache that has
 		// not seen a pod yet, or a machine read before its last write): decide it again on live
 		// reads. Pods are created rarely, so this costs two reads now and then.
-		if err := r.observeLive(ctx, vm, o); err != nil {
-			return supervisor.Step{}, err
-		}
+		live = r.readLive(ctx, &g, vm)
+	}
+	if err := g.Wait(); err != nil {
+		return supervisor.Step{}, err
+	}
+	if live != nil {
+		*vm = *live.machine
+		o.pods, o.others = splitOwned(live.pods.Items, vm)
 		step = next()
 	}
 	return step, nil
@@ -180,7 +188,7 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	// not written before the pod is created, which saves a write per machine.
 	first := before.Status.PodName == "" && step.Transition == vendingv1alpha1.PodCreated
 	// A pass that does not act writes its memory with the rest (below), or defers both.
-	deferred := first || (!acts && r.deferFirstStatus(read, vm, nil, now))
+	deferred := first || (!acts && r.deferFirstStatus(read, vm, o, nil, now) > 0)
 	if !deferred && !step.Memory.Equal(supervisor.MemoryOf(&before.Status)) {
 		// observedGeneration advances only once the step is done: at once when there is nothing
 		// to do, in the same write (one write, not two); after the acts otherwise (below).
@@ -211,8 +219,8 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 		markRefused(&vm.Status, vm.Generation, actErr)
 	}
 	var result ctrl.Result
-	if r.deferFirstStatus(read, vm, actErr, now) {
-		result.RequeueAfter = max(r.firstStatusDelay()-now.Sub(vm.CreationTimestamp.Time), time.Millisecond)
+	if wait := r.deferFirstStatus(read, vm, o, actErr, now); wait > 0 {
+		result.RequeueAfter = wait
 		return result, nil
 	}
 	if err := r.writeStatus(ctx, vm, before); apierrors.IsConflict(err) {
@@ -238,10 +246,12 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	return result, actErr
 }
 
-// FirstStatusDelay is how long a new machine's status may wait for its first write: a machine
-// whose pod is Ready sooner gets one status write that says so, instead of one that says it
-// starts and another that says it is Ready. Meanwhile the machine reads as not yet observed
-// (observedGeneration 0, which kstatus, Argo CD and kubectl wait read as in progress).
+// FirstStatusDelay is how long a new machine's status may wait for its first write, from its
+// first pod's creation: a machine whose pod is Ready sooner gets one status write that says so,
+// instead of one that says it starts and another that says it is Ready. Meanwhile the machine
+// reads as not yet observed (observedGeneration 0, which kstatus, Argo CD and kubectl wait read
+// as in progress). Counted from the pod, not the machine: an operator with a backlog (10,000
+// machines applied at once) still writes each machine once.
 const FirstStatusDelay = 5 * time.Second
 
 func (r *VendingMachineReconciler) firstStatusDelay() time.Duration {
@@ -251,12 +261,20 @@ func (r *VendingMachineReconciler) firstStatusDelay() time.Duration {
 	return FirstStatusDelay
 }
 
-// deferFirstStatus: the machine's status was never written (read is the machine as the pass
-// read it), it is only starting (no failure, no refusal, not Ready yet) and younger than the
-// first status delay: its first write waits for news.
-func (r *VendingMachineReconciler) deferFirstStatus(read, vm *vendingv1alpha1.VendingMachine, actErr error, now time.Time) bool {
-	return read.Status.PodName == "" && actErr == nil && vm.Status.Phase == vendingv1alpha1.PhasePending &&
-		vm.Status.LastFailure == nil && now.Sub(vm.CreationTimestamp.Time) < r.firstStatusDelay()
+// deferFirstStatus says how long the machine's first status write may still wait (0: write
+// now): its status was never written (read is the machine as the pass read it), it is only
+// starting (no failure, no refusal, not Ready yet), and its first pod is younger than the first
+// status delay (or created by this pass: not in o yet).
+func (r *VendingMachineReconciler) deferFirstStatus(read, vm *vendingv1alpha1.VendingMachine, o observation, actErr error,
+	now time.Time) time.Duration {
+	if read.Status.PodName != "" || actErr != nil || vm.Status.Phase != vendingv1alpha1.PhasePending || vm.Status.LastFailure != nil {
+		return 0
+	}
+	since := now
+	if pod := o.pod(vm.Status.PodName); pod != nil {
+		since = pod.CreationTimestamp.Time
+	}
+	return max(r.firstStatusDelay()-now.Sub(since), 0)
 }
 
 // conflictRetry is how soon a pass that met a conflict (its read was stale: usually the cache
@@ -345,21 +363,24 @@ func (r *VendingMachineReconciler) podsOf(ctx context.Context, namespace, name s
 	return pods, r.List(ctx, pods, client.InNamespace(namespace), by)
 }
 
-// observeLive reads the machine and its pods again from the API server (quorum reads).
-func (r *VendingMachineReconciler) observeLive(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation) error {
+// liveView is the machine and its pods as the API server has them (quorum reads).
+type liveView struct {
+	machine *vendingv1alpha1.VendingMachine
+	pods    *corev1.PodList
+}
+
+// readLive reads the machine and its pods again from the API server, in g.
+func (r *VendingMachineReconciler) readLive(ctx context.Context, g *errgroup.Group, vm *vendingv1alpha1.VendingMachine) *liveView {
 	reader := r.APIReader
 	if reader == nil {
 		reader = r.Client
 	}
-	if err := reader.Get(ctx, client.ObjectKeyFromObject(vm), vm); err != nil {
-		return err
-	}
-	pods := &corev1.PodList{}
-	if err := reader.List(ctx, pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm))); err != nil {
-		return err
-	}
-	o.pods, o.others = splitOwned(pods.Items, vm)
-	return nil
+	live := &liveView{machine: &vendingv1alpha1.VendingMachine{}, pods: &corev1.PodList{}}
+	g.Go(func() error { return reader.Get(ctx, client.ObjectKeyFromObject(vm), live.machine) })
+	g.Go(func() error {
+		return reader.List(ctx, live.pods, client.InNamespace(vm.Namespace), client.MatchingLabels(selectorLabels(vm)))
+	})
+	return live
 }
 
 // splitOwned sorts the pods of the machine's label into those it controls and the others.
@@ -485,6 +506,13 @@ func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.
 // again after a pod create fails).
 func (r *VendingMachineReconciler) ensurePodIdentity(ctx context.Context, namespace string) error {
 	if r.identities != nil {
+		if _, done := r.identities.Load(namespace); done {
+			return nil
+		}
+		// One worker makes sure of it while the others wait (a thousand machines applied to a
+		// new namespace would otherwise each send the two creates).
+		r.identityMu.Lock()
+		defer r.identityMu.Unlock()
 		if _, done := r.identities.Load(namespace); done {
 			return nil
 		}
@@ -665,7 +693,7 @@ func truncate(s string, n int) string {
 // SetupWithManager registers the reconciler: it watches machines and the pods, claims and
 // services they own.
 func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Options) error {
-	r.identities = new(sync.Map)
+	r.identities, r.identityMu = new(sync.Map), new(sync.Mutex)
 	r.states = newStateReads(r.StateRefresh)
 	if err := indexByLabel(context.Background(), mgr, &corev1.Pod{}, podsByMachine, labelMachine); err != nil {
 		return err
