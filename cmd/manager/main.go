@@ -78,7 +78,7 @@ func main() {
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
-	log.Info("Starting the operator", "vendingImage", vendingImage, "leaderElect", leaderElect)
+	log.Info("Starting the operator", "vendingImage", vendingImage, "leaderElect", leaderElect, "memoryLimit", setMemoryLimit())
 
 	metricsOpts := metricsserver.Options{
 		BindAddress:   metricsAddr,

@@ -1,12 +1,16 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -180,17 +184,17 @@ func (r *VendingFleetReconciler) machines(ctx context.Context,
 func (r *VendingFleetReconciler) act(ctx context.Context, f *vendingv1alpha1.VendingFleet, o *fleetObservation,
 	now time.Time) (ctrl.Result, error) {
 	replicas := int(ptr.Deref(f.Spec.Replicas, 3))
-	var created, deleted []string
+	var missing []*vendingv1alpha1.VendingMachine
 	for n := range replicas {
-		if _, ok := o.machines[n]; ok {
-			continue
+		if _, ok := o.machines[n]; !ok {
+			missing = append(missing, desiredMachine(f, n))
 		}
-		vm := desiredMachine(f, n)
-		if err := r.Create(ctx, vm); err != nil && !apierrors.IsAlreadyExists(err) {
-			return ctrl.Result{}, err
-		}
-		created = append(created, vm.Name)
 	}
+	created, err := slowStartCreate(ctx, r.Client, missing)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	var deleted []string
 	for n, vm := range o.machines {
 		if n < replicas || vm.DeletionTimestamp != nil {
 			continue
@@ -203,13 +207,11 @@ func (r *VendingFleetReconciler) act(ctx context.Context, f *vendingv1alpha1.Ven
 	}
 	o.scaling = len(created)+len(deleted) > 0
 	if len(created) > 0 {
-		slices.Sort(created)
-		r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "MachinesCreated", "Scale", "created machines %v", created)
+		r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "MachinesCreated", "Scale", "created %s", names(created))
 	}
 	if len(deleted) > 0 {
-		slices.Sort(deleted)
 		r.Recorder.Eventf(f, nil, corev1.EventTypeNormal, "MachinesDeleted", "Scale",
-			"deleted machines %v; their log claims follow the template's storage.whenDeleted", deleted)
+			"deleted %s; their log claims follow the template's storage.whenDeleted", names(deleted))
 	}
 	if err := r.ensureDisruptionBudget(ctx, f, replicas); err != nil {
 		return ctrl.Result{}, err
@@ -342,16 +344,22 @@ func (r *VendingFleetReconciler) hold(ctx context.Context, f *vendingv1alpha1.Ve
 // owner, so that no deletion of the machine takes the evidence with it.
 func (r *VendingFleetReconciler) quarantine(ctx context.Context, f *vendingv1alpha1.VendingFleet, vm *vendingv1alpha1.VendingMachine,
 	now time.Time) error {
-	pvc := &corev1.PersistentVolumeClaim{}
+	// The claim's metadata is all this changes (and all the cache keeps of claims).
+	pvc := &metav1.PartialObjectMetadata{}
+	pvc.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PersistentVolumeClaim"))
 	if err := r.Get(ctx, client.ObjectKey{Namespace: vm.Namespace, Name: pvcName(vm)}, pvc); err != nil {
 		return client.IgnoreNotFound(err)
 	}
+	base := pvc.DeepCopy()
 	if pvc.Labels[labelQuarantined] != "" {
 		return nil
 	}
 	why := "unknown"
 	if vm.Status.LastFailure != nil {
 		why = vm.Status.LastFailure.Message
+	}
+	if pvc.Labels == nil {
+		pvc.Labels = map[string]string{}
 	}
 	pvc.Labels[labelQuarantined] = vm.Name
 	if pvc.Annotations == nil {
@@ -360,7 +368,7 @@ func (r *VendingFleetReconciler) quarantine(ctx context.Context, f *vendingv1alp
 	pvc.Annotations[annotationQuarantineReason] = fmt.Sprintf("%s: quarantined by VendingFleet %s at %s: %s",
 		fleet.ReasonCorruptLog, f.Name, now.UTC().Format(time.RFC3339), truncate(why, 500))
 	pvc.OwnerReferences = nil
-	if err := r.Update(ctx, pvc); err != nil {
+	if err := r.Patch(ctx, pvc, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return err
 	}
 	r.Recorder.Eventf(f, pvc, corev1.EventTypeWarning, "Quarantined", "Quarantine",
@@ -441,6 +449,50 @@ func (r *VendingFleetReconciler) SetupWithManager(mgr ctrl.Manager, opts Options
 		WithOptions(opts).
 		Named("vendingfleet").
 		Complete(r)
+}
+
+// slowStartCreate creates machines as the ReplicaSet controller creates pods (its
+// slowStartBatch): in batches of 1, 2, 4, ... at once, stopping at the first batch with an error,
+// so a fleet of 1,000 is created in about ten round trips, and a create the API server refuses
+// (a quota, a policy) is tried once, not a thousand times. It returns the names created.
+func slowStartCreate(ctx context.Context, c client.Client, machines []*vendingv1alpha1.VendingMachine) ([]string, error) {
+	var created []string
+	for batch := 1; len(machines) > 0; batch = min(2*batch, 64) {
+		n := min(batch, len(machines))
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, vm := range machines[:n] {
+			wg.Go(func() {
+				if err := c.Create(ctx, vm); err != nil && !apierrors.IsAlreadyExists(err) {
+					errs[i] = err
+				}
+			})
+		}
+		wg.Wait()
+		for i, vm := range machines[:n] {
+			if errs[i] == nil {
+				created = append(created, vm.Name)
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			return created, err
+		}
+		machines = machines[n:]
+	}
+	return created, nil
+}
+
+// names lists machine names for an event, the first few and how many: an event's note has room
+// for about a kilobyte, and a fleet of 1,000 would not fit.
+func names(list []string) string {
+	slices.SortFunc(list, func(a, b string) int { return cmp.Or(cmp.Compare(len(a), len(b)), cmp.Compare(a, b)) })
+	if len(list) == 1 {
+		return "machine " + list[0]
+	}
+	if len(list) <= 10 {
+		return fmt.Sprintf("%d machines: %s", len(list), strings.Join(list, ", "))
+	}
+	return fmt.Sprintf("%d machines: %s, … %s", len(list), strings.Join(list[:5], ", "), list[len(list)-1])
 }
 
 func machineName(f *vendingv1alpha1.VendingFleet, n int) string {

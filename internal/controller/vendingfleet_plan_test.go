@@ -438,3 +438,22 @@ func testStalePlanKeepsTheNext(t *testing.T, cfg *rest.Config) {
 	g.Expect(w.resetEvents()).To(Equal(2), "one Reset event per plan")
 	g.Expect(w.getFleet().Status.Escalations).To(HaveLen(2))
 }
+
+// A fleet's scaling event names a few machines and the count: an event's note has room for about
+// a kilobyte, and the names of a fleet of 1,000 would not fit (the event would be refused).
+func TestScalingEventFitsANote(t *testing.T) {
+	var list []string
+	for i := range 1000 {
+		list = append(list, fmt.Sprintf("lobby-%d", i))
+	}
+	got := names(list)
+	if len(got) > 200 || !strings.HasPrefix(got, "1000 machines: lobby-0, lobby-1, lobby-2, lobby-3, lobby-4, … lobby-999") {
+		t.Errorf("names of 1,000 machines: %q", got)
+	}
+	if got := names([]string{"lobby-10", "lobby-2"}); got != "2 machines: lobby-2, lobby-10" {
+		t.Errorf("names of two: %q", got)
+	}
+	if got := names([]string{"lobby-0"}); got != "machine lobby-0" {
+		t.Errorf("names of one: %q", got)
+	}
+}

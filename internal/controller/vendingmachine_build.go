@@ -84,7 +84,13 @@ func buildService(vm *vendingv1alpha1.VendingMachine) *corev1.Service {
 		ObjectMeta: metav1.ObjectMeta{Name: serviceName(vm), Namespace: vm.Namespace, Labels: commonLabels(vm),
 			OwnerReferences: []metav1.OwnerReference{ownerRef(vm)}},
 		Spec: corev1.ServiceSpec{
-			Selector: selectorLabels(vm),
+			// Headless: the name resolves to the machine's one pod, as a StatefulSet's pods are
+			// named. A cluster IP would cost the API server an allocation that grows with the
+			// Services it holds (half its time at 10,000 machines) and every node's proxy a rule
+			// per machine, to balance over a single pod. The API server's service proxy and
+			// kubectl port-forward reach a headless Service as any other.
+			ClusterIP: corev1.ClusterIPNone,
+			Selector:  selectorLabels(vm),
 			Ports: []corev1.ServicePort{{Name: "http", Port: contract.Port, Protocol: corev1.ProtocolTCP,
 				TargetPort: intstr.FromString("http")}},
 		},

@@ -407,15 +407,18 @@ func escalationTarget(vm *vendingv1alpha1.VendingMachine) string {
 // ensure creates a child that does not exist yet. Children are never updated in place: the
 // claim is immutable, the service constant.
 func (r *VendingMachineReconciler) ensure(ctx context.Context, obj client.Object) error {
-	if err := r.Get(ctx, client.ObjectKeyFromObject(obj), obj.DeepCopyObject().(client.Object)); err == nil || !apierrors.IsNotFound(err) {
+	// Only whether it exists matters: the cache of claims and Services holds their metadata only.
+	gvk, err := r.GroupVersionKindFor(obj)
+	if err != nil {
+		return err
+	}
+	probe := &metav1.PartialObjectMetadata{}
+	probe.SetGroupVersionKind(gvk)
+	if err := r.Get(ctx, client.ObjectKeyFromObject(obj), probe); err == nil || !apierrors.IsNotFound(err) {
 		return err
 	}
 	if err := r.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
-		kind := fmt.Sprintf("%T", obj)
-		if gvk, gerr := r.GroupVersionKindFor(obj); gerr == nil {
-			kind = gvk.Kind
-		}
-		return fmt.Errorf("creating %s %s: %w", kind, obj.GetName(), err)
+		return fmt.Errorf("creating %s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
 	logf.FromContext(ctx).Info(fmt.Sprintf("Created %T", obj), "object", klogRef(obj))
 	return nil
@@ -707,7 +710,7 @@ func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Optio
 		// Pods map to their machine by label as well as by owner: a pod whose owner reference
 		// was removed (an orphaned predecessor) still carries a finalizer to release.
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(machineOfPod)).
-		Owns(&corev1.Service{}).
+		Owns(&corev1.Service{}, builder.OnlyMetadata).
 		WithOptions(opts).
 		Named("vendingmachine").
 		Complete(r)
