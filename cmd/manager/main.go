@@ -43,6 +43,7 @@ func main() {
 		apiBurst        int
 		leaderNamespace string
 		stateRefresh    time.Duration
+		pprofAddr       string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
 		"Address the metrics endpoint binds to (:8443 for HTTPS, :8080 for HTTP, 0 to disable).")
@@ -63,6 +64,7 @@ func main() {
 	flag.DurationVar(&stateRefresh, "state-refresh-interval", controller.DefaultStateRefresh,
 		"How long a quiet machine's reported state (coins, out of milk) stands before its pod is asked again; "+
 			"a new pod, a readiness change, an in-place restart or the machine's read-state annotation ask at once.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address Go's pprof endpoints bind to (0: off), to profile the operator at scale.")
 	flag.StringVar(&leaderNamespace, "leader-election-namespace", "",
 		"Namespace of the leader election's Lease (default: the pod's own).")
 	timing := managerloop.DefaultTiming
@@ -99,7 +101,8 @@ func main() {
 	err := managerloop.Run(ctrl.SetupSignalHandler(), managerloop.Config{
 		RestConfig: restConfig,
 		Manager: ctrl.Options{
-			Scheme: scheme,
+			Scheme:           scheme,
+			PprofBindAddress: pprofAddr,
 			// Only what the reconcilers read: the children this operator made, trimmed.
 			Cache: controller.CacheOptions(),
 		},

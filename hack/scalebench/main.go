@@ -227,6 +227,9 @@ func run(o options) error {
 	if err := p.report("create", o.machines, created); err != nil {
 		return err
 	}
+	if live, path, err := mgr.live("settled"); err == nil {
+		fmt.Printf("  live heap after a collection: %.0f MiB (profile: %s)\n", live/(1<<20), path)
+	}
 	fmt.Printf("  settle: %.2f× the baseline\n", p.took.Seconds()/baseline.Seconds())
 
 	// Phase 2: the steady state: nothing fails; whatever the manager writes or asks pods now, it
@@ -681,6 +684,8 @@ func (k *kubelet) fail(ctx context.Context, c client.Client, machine, reason str
 type managerProcess struct {
 	cmd     *exec.Cmd
 	metrics string
+	pprof   string // the manager's pprof endpoints
+	dir     string
 	done    chan struct{}
 }
 
@@ -697,10 +702,10 @@ func startManager(ctx context.Context, env *envtest.Environment, dir string, o o
 	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
 		return nil, err
 	}
-	metricsAddr, probeAddr := freeAddr(), freeAddr()
+	metricsAddr, probeAddr, pprofAddr := freeAddr(), freeAddr(), freeAddr()
 	args := []string{"--kubeconfig", path,
 		"--metrics-bind-address", metricsAddr, "--metrics-secure=false", "--health-probe-bind-address", probeAddr,
-		"--vending-image", image, "--zap-log-level", "error"}
+		"--vending-image", image, "--zap-log-level", "error", "--pprof-bind-address", pprofAddr}
 	if o.concurrency > 0 {
 		args = append(args, "--max-concurrent-reconciles", strconv.Itoa(o.concurrency))
 	}
@@ -720,7 +725,8 @@ func startManager(ctx context.Context, env *envtest.Environment, dir string, o o
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s (make build): %w", o.manager, err)
 	}
-	m := &managerProcess{cmd: cmd, metrics: "http://" + metricsAddr + "/metrics", done: make(chan struct{})}
+	m := &managerProcess{cmd: cmd, metrics: "http://" + metricsAddr + "/metrics", pprof: "http://" + pprofAddr + "/debug/pprof",
+		dir: dir, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(m.done) }()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		if resp, err := http.Get("http://" + probeAddr + "/readyz"); err == nil {
@@ -792,11 +798,33 @@ func (m *managerProcess) scrape() (map[string]float64, error) {
 			out["workqueue_sum"] = v
 		case strings.HasPrefix(name, `workqueue_queue_duration_seconds_count{`) && strings.Contains(name, `name="vendingmachine"`):
 			out["workqueue_count"] = v
-		case name == "go_memstats_heap_inuse_bytes", name == "go_goroutines":
+		case name == "go_memstats_heap_inuse_bytes", name == "go_memstats_heap_alloc_bytes", name == "go_goroutines":
 			out[name] = v
 		}
 	}
 	return out, sc.Err()
+}
+
+// live saves a heap profile of the manager after a collection (dir/heap-<phase>.pb.gz: go tool
+// pprof -sample_index=inuse_space bin/manager FILE) and returns the heap then in use: what its
+// caches and queues hold, without garbage.
+func (m *managerProcess) live(phase string) (float64, string, error) {
+	resp, err := http.Get(m.pprof + "/heap?gc=1")
+	if err != nil {
+		return 0, "", err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	path := filepath.Join(m.dir, "heap-"+phase+".pb.gz")
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer func() { _ = f.Close() }()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		return 0, "", err
+	}
+	after, err := m.scrape()
+	return after["go_memstats_heap_alloc_bytes"], path, err
 }
 
 // memory returns the manager's peak and current resident set, in KiB.
