@@ -726,6 +726,9 @@ func TestScaleRedTeamTrimmedPodDecidesAsTheFullPod(t *testing.T) {
 		}
 		o := observation{pods: []corev1.Pod{*p}, escalatedTo: escalationTarget(machine)}
 		s.Status = computeStatus(machine, step, o, now)
+		for i := range s.Status.Conditions {
+			s.Status.Conditions[i].LastTransitionTime = metav1.Time{} // the wall clock's (meta.SetStatusCondition)
+		}
 		return s
 	}
 	for name, mutate := range cases {
