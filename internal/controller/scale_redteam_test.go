@@ -342,22 +342,6 @@ func TestScaleRedTeamStateIsAskedOnEveryChangeAndOnlyThen(t *testing.T) {
 	rg.ok()
 	asked(2, "ready again (readySince): asked")
 
-	reportInPlace(rg.g, rg.pod(0), inPlaceReport(1))
-	rg.ok()
-	asked(3, "an in-place restart (report): asked")
-
-	annotate(rg.g, rg.machine(), AnnotationReadState, "1")
-	rg.ok()
-	asked(4, "the read-state annotation (asked): asked")
-	rg.ok()
-	asked(4, "once")
-
-	clk.Step(2 * time.Minute)
-	rg.ok()
-	asked(5, "the refresh is due: asked")
-	rg.ok()
-	asked(5, "once")
-
 	// A restart: coffee-1 turns Ready at the very second coffee-0 last did (Ready transition
 	// times have a second's resolution): only its UID tells it from coffee-0.
 	rd.set(contract.State{TotalCoins: 11, Sequence: 4}, nil)
@@ -366,10 +350,26 @@ func TestScaleRedTeamStateIsAskedOnEveryChangeAndOnlyThen(t *testing.T) {
 	rg.ok()
 	srtReady(rg.g, rg.pod(1), true, t0.Add(20*time.Second))
 	rg.ok()
-	asked(6, "a new pod (UID): asked")
+	asked(3, "a new pod (UID): asked")
 	got := rg.machine()
 	rg.g.Expect(got.Status.PodName).To(Equal("coffee-1"))
 	rg.g.Expect(got.Status.TotalCoins).To(HaveValue(BeEquivalentTo(11)), "coffee-0's coins shown for coffee-1")
+
+	reportInPlace(rg.g, rg.pod(1), inPlaceReport(1))
+	rg.ok()
+	asked(4, "an in-place restart (report): asked")
+
+	annotate(rg.g, rg.machine(), AnnotationReadState, "1")
+	rg.ok()
+	asked(5, "the read-state annotation (asked): asked")
+	rg.ok()
+	asked(5, "once")
+
+	clk.Step(2 * time.Minute)
+	rg.ok()
+	asked(6, "the refresh is due: asked")
+	rg.ok()
+	asked(6, "once")
 
 	// Deleted: forgotten.
 	rg.g.Expect(rg.r.stateReads().due(rg.key, clk.Now())).To(BeNumerically(">", 0), "remembered")
