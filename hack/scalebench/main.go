@@ -73,6 +73,7 @@ const (
 type options struct {
 	machines, failures, workers, concurrency, fleetSize int
 	baselineWorkers                                     int
+	memLimit                                            string
 	manager, assets, crds                               string
 	qps                                                 float64
 	burst                                               int
@@ -85,6 +86,7 @@ func main() {
 	flag.IntVar(&o.machines, "machines", 1000, "VendingMachines to create")
 	flag.IntVar(&o.failures, "failures", 100, "pods failed at once after the machines settle")
 	flag.IntVar(&o.workers, "workers", 16, "this tool's own concurrent API clients (creating, playing the kubelet)")
+	flag.StringVar(&o.memLimit, "manager-gomemlimit", "", "GOMEMLIMIT of the manager (its Deployment sets 90 % of its container's limit)")
 	flag.IntVar(&o.baselineWorkers, "baseline-workers", 16, "concurrent writers of the baselines: enough to keep the API server busy")
 	flag.IntVar(&o.concurrency, "max-concurrent-reconciles", 0, "passed to the manager (0: the manager's default)")
 	flag.Float64Var(&o.qps, "kube-api-qps", 0, "passed to the manager (0: the manager's default)")
@@ -716,6 +718,10 @@ func startManager(ctx context.Context, env *envtest.Environment, dir string, o o
 		args = append(args, "--kube-api-burst", strconv.Itoa(o.burst))
 	}
 	cmd := exec.CommandContext(ctx, o.manager, args...)
+	if o.memLimit != "" {
+		// As in its Deployment, where the manager sets 90 % of its container's limit.
+		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+o.memLimit)
+	}
 	logFile, err := os.Create(filepath.Join(dir, "manager.log"))
 	if err != nil {
 		return nil, err

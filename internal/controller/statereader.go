@@ -132,7 +132,9 @@ func (s *stateReads) last(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, n
 // remember records an answer.
 func (s *stateReads) remember(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, st *contract.State, now time.Time) {
 	seen := seenOf(vm, pod)
-	seen.state, seen.next = st, now.Add(wait.Jitter(s.refresh, 0.1))
+	// Only what the status shows is kept: the menu and the tallies would cost 10,000 maps.
+	seen.state = &contract.State{TotalCoins: st.TotalCoins, Sequence: st.Sequence, Degraded: st.Degraded}
+	seen.next = now.Add(wait.Jitter(s.refresh, 0.1))
 	s.mu.Lock()
 	s.seen[client.ObjectKeyFromObject(vm)] = seen
 	s.mu.Unlock()

@@ -66,7 +66,14 @@ func TestArgoCDHealthOfLiveMachines(t *testing.T) {
 		vm.Spec.Supervision.Backoff.Initial = &metav1.Duration{Duration: 15 * time.Second}
 	}))
 	a.check("new", created, argocdhealth.Progressing)
-	a.check("starting", coffee.await(t, 0, "starting its first pod", func(u *unstructured.Unstructured) bool {
+	// A machine whose pod is Ready within the first status delay (5 s) is first observed Ready:
+	// one status write, not two. One whose pod cannot start (an image nobody can pull) is
+	// observed starting once the delay is over.
+	stuck := watchObject(t, res, "stuck")
+	createLive(t, res, liveMachine(ns, "stuck", func(vm *vendingv1alpha1.VendingMachine) {
+		vm.Spec.Image = "vending.local/no-such-image:dev"
+	}))
+	a.check("starting", stuck.await(t, 0, "starting its first pod", func(u *unstructured.Unstructured) bool {
 		return observed(u) && conditionIs(u, "Ready", "False", "") && conditionIs(u, "Progressing", "True", "")
 	}), argocdhealth.Progressing)
 	a.check("ready", coffee.await(t, 0, "ready", machineRunning), argocdhealth.Healthy)
