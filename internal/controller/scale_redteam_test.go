@@ -758,3 +758,23 @@ func TestScaleRedTeamTrimmedPodDecidesAsTheFullPod(t *testing.T) {
 		}
 	}
 }
+
+// Only a new machine's first status waits: a machine whose status was written (here one that
+// rolls to a new pod, which is Pending while it starts) records what it sees at once.
+func TestScaleRedTeamOnlyTheFirstStatusWaits(t *testing.T) {
+	rg := newRig(t, nil)
+	rg.ok() // coffee-0
+	kubeletRun(rg.g, rg.pod(0))
+	rg.ok()
+	rg.g.Expect(rg.machine().Status.PodUID).To(Equal(rg.pod(0).UID))
+	rg.changeSpec()
+	rg.ok() // rolls: coffee-1 reserved, coffee-0 deleted
+	rg.ok() // creates coffee-1
+	rg.g.Expect(rg.created).To(Equal([]string{"coffee-0", "coffee-1"}))
+	res, err := rg.pass() // sees coffee-1 starting
+	rg.g.Expect(err).NotTo(HaveOccurred())
+	got := rg.machine()
+	rg.g.Expect(got.Status.PodUID).To(Equal(rg.pod(1).UID), "the status waits (requeued after %v)", res.RequeueAfter)
+	rg.g.Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+	rg.g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhasePending))
+}
