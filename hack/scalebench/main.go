@@ -177,13 +177,14 @@ func run(o options) error {
 		o.machines, workers, baseline.Round(time.Millisecond), float64(5*o.machines)/baseline.Seconds())
 	// The baseline's machines would be the manager's to reconcile; its Services go too, so that
 	// the API server holds as many as when the baseline ran.
-	if err := c.DeleteAllOf(ctx, &vendingv1alpha1.VendingMachine{}, client.InNamespace("baseline")); err != nil {
-		return err
-	}
 	if err := parallel(o.machines, o.workers, func(i int) error {
-		return c.Delete(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "baseline", Name: fmt.Sprintf("b-%d", i)}})
+		meta := metav1.ObjectMeta{Namespace: "baseline", Name: fmt.Sprintf("b-%d", i)}
+		if err := c.Delete(ctx, &vendingv1alpha1.VendingMachine{ObjectMeta: meta}); err != nil {
+			return err
+		}
+		return c.Delete(ctx, &corev1.Service{ObjectMeta: meta})
 	}); err != nil {
-		return fmt.Errorf("deleting the baseline's services: %w", err)
+		return fmt.Errorf("deleting the baseline's machines and services: %w", err)
 	}
 
 	mgr, err := startManager(ctx, env, dir, o)
