@@ -7,8 +7,8 @@ package controller
 // process life's.
 //
 // Rig tests (newRig) drive a reconciler by hand with a clock and a state reader of their own;
-// suite tests run the suite's operator. A test that shows a defect is skipped unless
-// REDTEAM=1, naming it.
+// suite tests run the suite's operator. The defects they found (F1-F6) are fixed; each test now
+// guards its fix.
 
 import (
 	"context"
@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -39,16 +38,6 @@ import (
 	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
-
-// srtDefect skips a test that shows a defect, unless REDTEAM=1.
-func srtDefect(t *testing.T, what string) {
-	t.Helper()
-	if !redteamOn() {
-		t.Skip("defect: " + what + " (scale red team; REDTEAM=1 runs it)")
-	}
-}
-
-func redteamOn() bool { return os.Getenv("REDTEAM") != "" }
 
 // srtReader is a pod's /v1/state as a rig's reconciler reads it: an answer or an error, counted.
 type srtReader struct {
@@ -110,7 +99,6 @@ func srtReady(g Gomega, pod *corev1.Pod, ready bool, at time.Time) {
 // status at all (no Ready, no Progressing, no observedGeneration) for as long as the
 // predecessor runs, and is requeued every FirstStatusDelay meanwhile.
 func TestScaleRedTeamBlockedFirstPodStillGetsAStatus(t *testing.T) {
-	srtDefect(t, "a new machine whose first pod waits for a predecessor's pod never gets a status (deferFirstStatus counts from now while no pod exists)")
 	ctx := context.Background()
 	rg := newRig(t, nil)
 	clk := &steppedClock{}
@@ -139,7 +127,6 @@ func TestScaleRedTeamBlockedFirstPodStillGetsAStatus(t *testing.T) {
 // forever. Before the change the memory said coffee-0 was requested and the next pass moved on to
 // coffee-1.
 func TestScaleRedTeamFirstPodNameTakenDoesNotStallTheMachine(t *testing.T) {
-	srtDefect(t, "a new machine whose first pod name is taken by a pod not its own never starts and never gets a status")
 	for _, tc := range []struct {
 		name  string
 		taker func(rg *rig) *corev1.Pod
@@ -182,7 +169,6 @@ func TestScaleRedTeamFirstPodNameTakenDoesNotStallTheMachine(t *testing.T) {
 // operator whose clock is behind the API server's by an hour defers the first status by an hour
 // and five seconds (by any skew, plus five seconds).
 func TestScaleRedTeamFirstStatusDelayIsBoundedUnderClockSkew(t *testing.T) {
-	srtDefect(t, "the first status is deferred by FirstStatusDelay plus the operator's clock skew behind the API server")
 	rg := newRig(t, nil)
 	clk := &steppedClock{}
 	clk.Step(-time.Hour) // the operator's node is an hour behind the API server's
@@ -204,7 +190,6 @@ func TestScaleRedTeamFirstStatusDelayIsBoundedUnderClockSkew(t *testing.T) {
 // machine spins: a pass and a request to its pod every millisecond (or every HTTP timeout, 1 s,
 // holding a worker, for a pod that does not answer). Four such machines take all four workers.
 func TestScaleRedTeamFailedRefreshDoesNotSpin(t *testing.T) {
-	srtDefect(t, "a state read that fails after the refresh is due requeues the machine after 1 ms, forever")
 	rg, rd, clk := srtStateRig(t, contract.State{TotalCoins: 7, Sequence: 3})
 	rg.ok()
 	kubeletRun(rg.g, rg.pod(0))
@@ -227,7 +212,6 @@ func TestScaleRedTeamFailedRefreshDoesNotSpin(t *testing.T) {
 // once its refresh is due. The pod has an address of its own (127.0.0.3, on the port of the
 // suite's fake) that answers 500 once told to.
 func TestScaleRedTeamFailedRefreshDoesNotSpinTheOperator(t *testing.T) {
-	srtDefect(t, "a state read that fails after the refresh is due spins the machine's reconciles and requests (1 ms requeue)")
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -278,7 +262,6 @@ func TestScaleRedTeamFailedRefreshDoesNotSpinTheOperator(t *testing.T) {
 // (Degraded True) and its coins, from before the restart. The guarantee: the remembered state is
 // never the answer of a previous process life.
 func TestScaleRedTeamFailedReadAfterANewLifeShowsNoOldState(t *testing.T) {
-	srtDefect(t, "after an in-place restart or a readiness flip, a failed state read shows the previous life's answer")
 	outOfMilk := contract.State{TotalCoins: 7, Sequence: 3, Degraded: true}
 	refused := errors.New("connection refused")
 	t.Run("in-place restart", func(t *testing.T) {
@@ -392,7 +375,6 @@ func TestScaleRedTeamStateIsAskedOnEveryChangeAndOnlyThen(t *testing.T) {
 // it. (internal/supervisor TestScaleRedTeamResetBeforeTheFirstStatusIsNotSwallowed is the same
 // at the supervisor's level.)
 func TestScaleRedTeamResetBeforeTheFirstStatusIsHonored(t *testing.T) {
-	srtDefect(t, "a reset annotated before the first status write is swallowed by the adoption of the first pod")
 	rg := newRig(t, nil)
 	rg.ok()
 	rg.g.Expect(rg.created).To(Equal([]string{"coffee-0"}))

@@ -91,7 +91,13 @@ type stateSeen struct {
 	asked      string    // the machine's read-state annotation when read
 	next       time.Time // ask again from then on
 	state      *contract.State
+	failures   int // reads failed in a row since the last answer
 }
+
+// stateRetry is how soon a pod that did not answer is asked again, doubling per failure up to the
+// refresh: a pod that does not answer (a NetworkPolicy, a hung process) must not hold a worker
+// in a loop of one-second timeouts.
+const stateRetry = 30 * time.Second
 
 func newStateReads(refresh time.Duration) *stateReads {
 	if refresh <= 0 {
@@ -123,10 +129,36 @@ func (s *stateReads) last(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, n
 		return nil, nil, false
 	}
 	want := seenOf(vm, pod)
-	if prev.readySince != want.readySince || prev.report != want.report || prev.asked != want.asked || !now.Before(prev.next) {
+	sameLife := prev.readySince == want.readySince && prev.report == want.report
+	if !sameLife {
+		// A new life of the process (a readiness flip, an in-place restart): the last answer is
+		// not this life's, even as a fallback.
+		return nil, nil, false
+	}
+	if prev.asked != want.asked || !now.Before(prev.next) {
 		return nil, prev.state, false
 	}
 	return prev.state, prev.state, true
+}
+
+// failed records a read that failed: the pod is asked again after stateRetry (doubling), and
+// meanwhile the machine shows stale, the same life's last answer (nil: none).
+func (s *stateReads) failed(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, stale *contract.State, now time.Time) {
+	key := client.ObjectKeyFromObject(vm)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := seenOf(vm, pod)
+	seen.state = stale
+	seen.failures = 1
+	if prev, ok := s.seen[key]; ok && prev.machine == vm.UID && prev.pod == pod.UID {
+		seen.failures = prev.failures + 1
+	}
+	retry := s.refresh
+	if seen.failures <= 16 {
+		retry = min(stateRetry<<(seen.failures-1), s.refresh)
+	}
+	seen.next = now.Add(wait.Jitter(retry, 0.1))
+	s.seen[key] = seen
 }
 
 // remember records an answer.

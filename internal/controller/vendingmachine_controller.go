@@ -188,7 +188,7 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	// not written before the pod is created, which saves a write per machine.
 	first := before.Status.PodName == "" && step.Transition == vendingv1alpha1.PodCreated
 	// A pass that does not act writes its memory with the rest (below), or defers both.
-	deferred := first || (!acts && r.deferFirstStatus(read, vm, o, nil, now) > 0)
+	deferred := first || (!acts && r.deferFirstStatus(read, vm, o, false, nil, now) > 0)
 	if !deferred && !step.Memory.Equal(supervisor.MemoryOf(&before.Status)) {
 		// observedGeneration advances only once the step is done: at once when there is nothing
 		// to do, in the same write (one write, not two); after the acts otherwise (below).
@@ -208,8 +208,9 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 		r.announce(ctx, vm, step, o, now)
 	}
 	var actErr error
+	var created bool
 	if acts {
-		actErr = r.act(ctx, vm, step)
+		created, actErr = r.act(ctx, vm, step)
 	}
 	if actErr == nil {
 		vm.Status.ObservedGeneration = vm.Generation
@@ -219,7 +220,7 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 		markRefused(&vm.Status, vm.Generation, actErr)
 	}
 	var result ctrl.Result
-	if wait := r.deferFirstStatus(read, vm, o, actErr, now); wait > 0 {
+	if wait := r.deferFirstStatus(read, vm, o, created, actErr, now); wait > 0 {
 		result.RequeueAfter = wait
 		return result, nil
 	}
@@ -240,7 +241,8 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	case result.RequeueAfter > 0:
 	case step.NextRestartAt != nil:
 		result.RequeueAfter = max(step.NextRestartAt.Sub(now), time.Millisecond)
-	case o.state != nil:
+	default:
+		// When the pod's state is due to be asked again (0: nothing remembered to refresh).
 		result.RequeueAfter = r.stateReads().due(client.ObjectKeyFromObject(vm), now)
 	}
 	return result, actErr
@@ -263,18 +265,26 @@ func (r *VendingMachineReconciler) firstStatusDelay() time.Duration {
 
 // deferFirstStatus says how long the machine's first status write may still wait (0: write
 // now): its status was never written (read is the machine as the pass read it), it is only
-// starting (no failure, no refusal, not Ready yet), and its first pod is younger than the first
-// status delay (or created by this pass: not in o yet).
-func (r *VendingMachineReconciler) deferFirstStatus(read, vm *vendingv1alpha1.VendingMachine, o observation, actErr error,
-	now time.Time) time.Duration {
+// starting (no failure, no refusal, not Ready yet), and its first pod exists (observed, or created
+// by this pass: created) and is younger than the first status delay. A first pod that could not be
+// created (a predecessor's pod still runs on the claim, or the name is another's) is no reason to
+// wait: the status says so at once, and the memory that the name was asked for moves the next
+// pass on to the next name.
+func (r *VendingMachineReconciler) deferFirstStatus(read, vm *vendingv1alpha1.VendingMachine, o observation, created bool,
+	actErr error, now time.Time) time.Duration {
 	if read.Status.PodName != "" || actErr != nil || vm.Status.Phase != vendingv1alpha1.PhasePending || vm.Status.LastFailure != nil {
 		return 0
 	}
 	since := now
 	if pod := o.pod(vm.Status.PodName); pod != nil {
 		since = pod.CreationTimestamp.Time
+	} else if !created {
+		return 0
 	}
-	return max(r.firstStatusDelay()-now.Sub(since), 0)
+	if since.After(now.Add(time.Second)) {
+		return 0 // the API server's clock is ahead of ours: an age cannot be told, so no wait
+	}
+	return max(r.firstStatusDelay()-max(now.Sub(since), 0), 0)
 }
 
 // conflictRetry is how soon a pass that met a conflict (its read was stale: usually the cache
@@ -342,8 +352,10 @@ func (r *VendingMachineReconciler) observeState(ctx context.Context, vm *vending
 			if st, err = r.StateReader.ReadState(ctx, cur); err == nil {
 				r.stateReads().remember(vm, cur, st, now)
 			} else {
-				// The pod's last answer stands until it answers again (asked on the next pass).
+				// The same life's last answer stands until the pod answers again (asked after a
+				// retry delay, not on every pass).
 				logf.FromContext(ctx).V(1).Info("Reading machine state", "pod", klogRef(cur), "err", err.Error())
+				r.stateReads().failed(vm, cur, stale, now)
 				st = stale
 			}
 		}
@@ -466,11 +478,12 @@ func (r *VendingMachineReconciler) release(ctx context.Context, pod *corev1.Pod)
 
 // act carries out a step whose memory is written: finalizers released (the pods' ends are
 // recorded), deletions, then the new incarnation. All are idempotent, so a pass that fails half
-// way is finished by the next.
-func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.VendingMachine, step supervisor.Step) error {
+// way is finished by the next. created: this pass created the step's pod (not: it existed).
+func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.VendingMachine,
+	step supervisor.Step) (created bool, err error) {
 	for _, p := range step.Release {
 		if err := r.release(ctx, p); err != nil {
-			return err
+			return false, err
 		}
 	}
 	for _, d := range step.Delete {
@@ -479,30 +492,33 @@ func (r *VendingMachineReconciler) act(ctx context.Context, vm *vendingv1alpha1.
 			opts = append(opts, client.GracePeriodSeconds(0)) // terminal: nothing runs to stop
 		}
 		if err := r.Delete(ctx, d.Pod, opts...); client.IgnoreNotFound(err) != nil && !apierrors.IsConflict(err) {
-			return err
+			return false, err
 		}
 	}
 	if !step.Create {
-		return nil
+		return false, nil
 	}
 	if err := r.ensurePodIdentity(ctx, vm.Namespace); err != nil {
-		return err
+		return false, err
 	}
 	pod := buildPod(vm, r.image(vm), step.Memory.PodName, step.Memory.PodCause, step.Memory.RestartTimes)
 	if err := r.Create(ctx, pod); err != nil {
 		if apierrors.IsAlreadyExists(err) {
-			return nil // a stale cache: the pod is there, the next pass sees it
+			// A stale cache (the pod is there, the next pass sees it), or a pod of the name
+			// that is not the machine's: the memory says the name was asked for, and the next
+			// pass takes the next one.
+			return false, nil
 		}
 		if r.identities != nil {
 			r.identities.Delete(vm.Namespace) // the ServiceAccount may be gone: made sure of again
 		}
-		return fmt.Errorf("creating Pod %s: %w", pod.Name, err)
+		return false, fmt.Errorf("creating Pod %s: %w", pod.Name, err)
 	}
 	logf.FromContext(ctx).Info("Created Pod", "pod", klogRef(pod), "cause", step.Memory.PodCause)
 	if step.Memory.PodCause == vendingv1alpha1.PodRestarted {
 		restartsTotal.WithLabelValues(failureReason(step.Memory.LastFailure)).Inc()
 	}
-	return nil
+	return true, nil
 }
 
 // ensurePodIdentity makes sure of the pods' ServiceAccount in namespace once per process (and

@@ -205,8 +205,15 @@ func choose(in Input) *Step {
 		if n := Incarnation(&in.Pods[i]); n > cur {
 			cur = n
 			s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested = in.Pods[i].Name, "", true
-			if n == 0 && mem.PodName == "" {
-				s.Memory.PodCause = vendingv1alpha1.PodCreated
+		}
+	}
+	if mem.PodName == "" && cur == 0 {
+		// A first start, adopted: the reset carried out is the one its pod was created under
+		// (pods carry it), so a reset asked for since then is not taken as done.
+		s.Memory.PodCause = vendingv1alpha1.PodCreated
+		for i := range in.Pods {
+			if in.Pods[i].Name == s.Memory.PodName {
+				s.Memory.ObservedReset = in.Pods[i].Annotations[AnnotationReset]
 			}
 		}
 	}
