@@ -291,6 +291,9 @@ func run(o options) error {
 		if failed[vm.Name] {
 			want = 1
 		}
+		if o.fleet { // escalated, and reset by its fleet: no restart of its own
+			return settled(vm, 0) && vm.Status.Resets == want
+		}
 		return settled(vm, want)
 	}); err != nil {
 		return err
