@@ -56,7 +56,8 @@ func main() {
 		"The ClusterRole bound to vending pods' ServiceAccount in each namespace with machines (config/rbac/vending_pod_role.yaml).")
 	flag.StringVar(&vendingImage, "vending-image", controller.DefaultVendingImage,
 		"Image of the vending pod, for machines whose spec.image is empty.")
-	flag.IntVar(&concurrency, "max-concurrent-reconciles", controller.DefaultMaxConcurrentReconciles, "How many VendingMachines are reconciled at once.")
+	flag.IntVar(&concurrency, "max-concurrent-reconciles", controller.DefaultMaxConcurrentReconciles,
+		"How many VendingMachines are reconciled at once.")
 	// client-go's defaults (5 QPS, or 20 with controller-runtime's config) throttle a thousand
 	// machines into minutes; the API server's priority and fairness protects itself anyway.
 	flag.Float64Var(&apiQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "Requests per second the manager sends to the API server.")

@@ -161,30 +161,9 @@ func run(o options) error {
 	fmt.Printf("machines=%d failures=%d fleet=%v (size %d) manager flags: concurrency=%d qps=%v burst=%d (0: default)\n\n",
 		o.machines, o.failures, o.fleet, o.fleetSize, o.concurrency, o.qps, o.burst)
 
-	// Baseline: the children alone, written straight to the API server.
-	for _, ns := range []string{"baseline", fleetNS} {
-		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			return err
-		}
-	}
-	workers := o.baselineWorkers
-	start := time.Now()
-	if err := parallel(o.machines, workers, func(i int) error { return writeDirectly(ctx, c, "baseline", i) }); err != nil {
-		return fmt.Errorf("baseline: %w", err)
-	}
-	baseline := time.Since(start)
-	fmt.Printf("baseline: %d×(machine+claim+service+pod+status) written directly with %d workers: %v (%.0f writes/s)\n",
-		o.machines, workers, baseline.Round(time.Millisecond), float64(5*o.machines)/baseline.Seconds())
-	// The baseline's machines would be the manager's to reconcile; its Services go too, so that
-	// the API server holds as many as when the baseline ran.
-	if err := parallel(o.machines, o.workers, func(i int) error {
-		meta := metav1.ObjectMeta{Namespace: "baseline", Name: fmt.Sprintf("b-%d", i)}
-		if err := c.Delete(ctx, &vendingv1alpha1.VendingMachine{ObjectMeta: meta}); err != nil {
-			return err
-		}
-		return c.Delete(ctx, &corev1.Service{ObjectMeta: meta})
-	}); err != nil {
-		return fmt.Errorf("deleting the baseline's machines and services: %w", err)
+	baseline, err := settleBaseline(ctx, c, o)
+	if err != nil {
+		return err
 	}
 
 	mgr, err := startManager(ctx, env, dir, o)
@@ -237,7 +216,62 @@ func run(o options) error {
 
 	// Phase 2: the steady state: nothing fails; whatever the manager writes or asks pods now, it
 	// would do all day.
-	p = mgr.phase(audit, pods)
+	if err := watchSteady(ctx, o, mgr, audit, pods); err != nil {
+		return err
+	}
+
+	failBaseline, failWrites, err := failureBaselines(ctx, c, o, o.baselineWorkers)
+	if err != nil {
+		return err
+	}
+	p, err = failPods(ctx, o, c, mgr, audit, pods, kubelet, informers)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  recovery: %.2f× the least writes' baseline, %.2f× the baseline of the operator's writes\n",
+		p.took.Seconds()/failBaseline.Seconds(), p.took.Seconds()/failWrites.Seconds())
+
+	peak, rss := mgr.memory()
+	fmt.Printf("\nmanager memory: peak RSS (VmHWM) %d MiB, RSS now %d MiB\n", peak>>10, rss>>10)
+	fmt.Printf("reconcile errors in all: %.0f\n", p.after["controller_runtime_reconcile_errors_total"])
+	return nil
+}
+
+// settleBaseline writes the settling baseline straight to the API server (writeDirectly for
+// each machine), then removes what the manager would otherwise see, and returns how long the
+// writes took.
+func settleBaseline(ctx context.Context, c client.Client, o options) (time.Duration, error) {
+	for _, ns := range []string{"baseline", fleetNS} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return 0, err
+		}
+	}
+	workers := o.baselineWorkers
+	start := time.Now()
+	if err := parallel(o.machines, workers, func(i int) error { return writeDirectly(ctx, c, "baseline", i) }); err != nil {
+		return 0, fmt.Errorf("baseline: %w", err)
+	}
+	baseline := time.Since(start)
+	fmt.Printf("baseline: %d×(machine+claim+service+pod+status) written directly with %d workers: %v (%.0f writes/s)\n",
+		o.machines, workers, baseline.Round(time.Millisecond), float64(5*o.machines)/baseline.Seconds())
+	// The baseline's machines would be the manager's to reconcile; its Services go too, so that
+	// the API server holds as many as when the baseline ran.
+	if err := parallel(o.machines, o.workers, func(i int) error {
+		meta := metav1.ObjectMeta{Namespace: "baseline", Name: fmt.Sprintf("b-%d", i)}
+		if err := c.Delete(ctx, &vendingv1alpha1.VendingMachine{ObjectMeta: meta}); err != nil {
+			return err
+		}
+		return c.Delete(ctx, &corev1.Service{ObjectMeta: meta})
+	}); err != nil {
+		return 0, fmt.Errorf("deleting the baseline's machines and services: %w", err)
+	}
+	return baseline, nil
+}
+
+// watchSteady watches the settled machines for o.steady and reports what the manager wrote and
+// asked pods meanwhile.
+func watchSteady(ctx context.Context, o options, mgr *managerProcess, audit *auditLog, pods *stateServer) error {
+	p := mgr.phase(audit, pods)
 	select {
 	case <-time.After(o.steady):
 	case <-ctx.Done():
@@ -248,14 +282,17 @@ func run(o options) error {
 	fmt.Printf("  steady: %.2f writes per machine per hour; %.2f requests to pods per second (%.3f per 1,000 machines)\n",
 		float64(p.writes.total())/float64(o.machines)*time.Hour.Seconds()/p.took.Seconds(),
 		float64(p.podRequests)/p.took.Seconds(), float64(p.podRequests)/p.took.Seconds()*1000/float64(o.machines))
+	return nil
+}
 
-	// Baselines of the failures, sent directly for as many pods: what one restart needs at least
-	// (delete the failed pod, create its successor, patch a status), and the writes this
-	// operator's restart makes (also its finalizer's release, a second status patch and the
-	// Failed, Restarted and Recovered events).
-	start = time.Now()
+// failureBaselines writes, directly for as many pods as will fail: what one restart needs at
+// least (delete the failed pod, create its successor, patch a status), and the writes this
+// operator's restart makes (also its finalizer's release, a second status patch and the
+// Failed, Restarted and Recovered events). It returns how long each took.
+func failureBaselines(ctx context.Context, c client.Client, o options, workers int) (least, ours time.Duration, err error) {
+	start := time.Now()
 	if err := parallel(o.failures, workers, func(i int) error { return restartDirectly(ctx, c, "baseline", i, false) }); err != nil {
-		return fmt.Errorf("failure baseline: %w", err)
+		return 0, 0, fmt.Errorf("failure baseline: %w", err)
 	}
 	failBaseline := time.Since(start)
 	fmt.Printf("\nbaseline: %d×(delete pod+create pod+patch status) written directly with %d workers: %v\n",
@@ -264,16 +301,21 @@ func run(o options) error {
 	if err := parallel(o.failures, workers, func(i int) error {
 		return restartDirectly(ctx, c, "baseline", o.failures+i, true)
 	}); err != nil {
-		return fmt.Errorf("failure baseline: %w", err)
+		return 0, 0, fmt.Errorf("failure baseline: %w", err)
 	}
 	failWrites := time.Since(start)
 	fmt.Printf("baseline: %d×(the operator's 8 writes of a restart: patch pod, delete pod, create pod, 2 status patches, 3 events) "+
 		"written directly with %d workers: %v\n", o.failures, workers, failWrites.Round(time.Millisecond))
 
-	// Phase 3: fail pods at once; wait for every restart. Alone, the machines restart the talk's
-	// OutOfCoffeeBeans; in a fleet, they escalate a reason their decider does not know and the
-	// fleet resets them.
-	p = mgr.phase(audit, pods)
+	return failBaseline, failWrites, nil
+}
+
+// failPods fails pods at once and waits for every machine to be back. Alone, the machines restart
+// the talk's OutOfCoffeeBeans; in a fleet, they escalate a reason their decider does not know and
+// the fleet resets them.
+func failPods(ctx context.Context, o options, c client.Client, mgr *managerProcess, audit *auditLog, pods *stateServer,
+	kubelet *kubelet, informers cache.Cache) (*phase, error) {
+	p := mgr.phase(audit, pods)
 	reason, exit := contract.ReasonOutOfCoffeeBeans, int32(contract.ExitOutOfCoffeeBeans)
 	if o.fleet {
 		reason, exit = "Panic", 2
@@ -283,7 +325,7 @@ func run(o options) error {
 		failed[machineName(o, i)] = true
 	}
 	if err := parallel(o.failures, o.workers, func(i int) error { return kubelet.fail(ctx, c, machineName(o, i), reason, exit) }); err != nil {
-		return fmt.Errorf("failing pods: %w", err)
+		return nil, fmt.Errorf("failing pods: %w", err)
 	}
 	input := time.Since(p.start)
 	if err := waitFor(ctx, informers, o.machines, o.timeout, func(vm *vendingv1alpha1.VendingMachine) bool {
@@ -296,18 +338,9 @@ func run(o options) error {
 		}
 		return settled(vm, want)
 	}); err != nil {
-		return err
+		return nil, err
 	}
-	if err := p.report("fail", o.failures, input); err != nil {
-		return err
-	}
-	fmt.Printf("  recovery: %.2f× the least writes' baseline, %.2f× the baseline of the operator's writes\n",
-		p.took.Seconds()/failBaseline.Seconds(), p.took.Seconds()/failWrites.Seconds())
-
-	peak, rss := mgr.memory()
-	fmt.Printf("\nmanager memory: peak RSS (VmHWM) %d MiB, RSS now %d MiB\n", peak>>10, rss>>10)
-	fmt.Printf("reconcile errors in all: %.0f\n", p.after["controller_runtime_reconcile_errors_total"])
-	return nil
+	return p, p.report("fail", o.failures, input)
 }
 
 // phase is one measured phase: the manager's counters, the audit log and the pods' requests

@@ -419,7 +419,7 @@ func srtSingleWriter(t *testing.T, ns string) func() []string {
 				running[p.UID] = p.Name + " (owner " + ownerUID(p) + ")"
 			}
 			if len(running) > 1 {
-				var names []string
+				names := make([]string, 0, len(running))
 				for _, n := range running {
 					names = append(names, n)
 				}

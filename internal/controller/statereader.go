@@ -129,7 +129,7 @@ func (s *stateReads) last(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod, n
 		return nil, nil, false
 	}
 	want := seenOf(vm, pod)
-	sameLife := prev.readySince == want.readySince && prev.report == want.report
+	sameLife := prev.readySince.Equal(want.readySince) && prev.report == want.report
 	if !sameLife {
 		// A new life of the process (a readiness flip, an in-place restart): the last answer is
 		// not this life's, even as a fallback.

@@ -442,7 +442,7 @@ func testStalePlanKeepsTheNext(t *testing.T, cfg *rest.Config) {
 // A fleet's scaling event names a few machines and the count: an event's note has room for about
 // a kilobyte, and the names of a fleet of 1,000 would not fit (the event would be refused).
 func TestScalingEventFitsANote(t *testing.T) {
-	var list []string
+	list := make([]string, 0, 1000)
 	for i := range 1000 {
 		list = append(list, fmt.Sprintf("lobby-%d", i))
 	}

@@ -229,23 +229,33 @@ func (r *VendingMachineReconciler) carryOut(ctx context.Context, vm *vendingv1al
 	} else if err != nil && actErr == nil {
 		actErr = client.IgnoreNotFound(err)
 	} else if err == nil {
-		// Recovered once the status that says Ready reached the API server: a pass whose write
-		// failed announces nothing, and the next one, reading Ready, announces it then.
-		if refused(actErr) && (stalledBefore == nil || stalledBefore.Reason != ReasonCreateRefused) {
-			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, ReasonCreateRefused, "Create", "%v", actErr)
-		}
-		r.announceRecovery(read, vm, o)
-		observeRecovery(read, vm, o.pod(vm.Status.PodName))
+		r.announceWritten(read, vm, o, actErr, stalledBefore)
 	}
-	switch {
-	case result.RequeueAfter > 0:
-	case step.NextRestartAt != nil:
-		result.RequeueAfter = max(step.NextRestartAt.Sub(now), time.Millisecond)
-	default:
-		// When the pod's state is due to be asked again (0: nothing remembered to refresh).
-		result.RequeueAfter = r.stateReads().due(client.ObjectKeyFromObject(vm), now)
+	if result.RequeueAfter == 0 {
+		result.RequeueAfter = r.nextPass(vm, step, now)
 	}
 	return result, actErr
+}
+
+// announceWritten says what the status just written records and the news of it: a refusal
+// (once, when it begins), a recovery (once the status that says Ready reached the API server: a
+// pass whose write failed announces nothing, and the next one, reading Ready, announces it then).
+func (r *VendingMachineReconciler) announceWritten(read, vm *vendingv1alpha1.VendingMachine, o observation, actErr error,
+	stalledBefore *metav1.Condition) {
+	if refused(actErr) && (stalledBefore == nil || stalledBefore.Reason != ReasonCreateRefused) {
+		r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, ReasonCreateRefused, "Create", "%v", actErr)
+	}
+	r.announceRecovery(read, vm, o)
+	observeRecovery(read, vm, o.pod(vm.Status.PodName))
+}
+
+// nextPass is when the machine is looked at again without news: its restart when one is due,
+// else when its pod's state is due to be asked again (0: never).
+func (r *VendingMachineReconciler) nextPass(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, now time.Time) time.Duration {
+	if step.NextRestartAt != nil {
+		return max(step.NextRestartAt.Sub(now), time.Millisecond)
+	}
+	return r.stateReads().due(client.ObjectKeyFromObject(vm), now)
 }
 
 // FirstStatusDelay is how long a new machine's status may wait for its first write, from its

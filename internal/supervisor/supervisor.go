@@ -195,28 +195,7 @@ func choose(in Input) *Step {
 		s.Memory.ObservedReset = vm.Annotations[AnnotationReset]
 	}
 
-	cur := incarnationOfName(vm, mem.PodName)
-	for i := range in.Pods {
-		// A pod newer than the memory: the memory was lost (a status restored without its
-		// status, say), or a new machine's first pod was created before anything was written
-		// (the reconciler does not write the memory of a first start: the pod is its record).
-		// Adopt the pod rather than reuse its name: it was asked for, and incarnation 0 is
-		// always a first start.
-		if n := Incarnation(&in.Pods[i]); n > cur {
-			cur = n
-			s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested = in.Pods[i].Name, "", true
-		}
-	}
-	if mem.PodName == "" && cur == 0 {
-		// A first start, adopted: the reset carried out is the one its pod was created under
-		// (pods carry it), so a reset asked for since then is not taken as done.
-		s.Memory.PodCause = vendingv1alpha1.PodCreated
-		for i := range in.Pods {
-			if in.Pods[i].Name == s.Memory.PodName {
-				s.Memory.ObservedReset = in.Pods[i].Annotations[AnnotationReset]
-			}
-		}
-	}
+	cur := s.adoptNewest(vm, in.Pods, mem.PodName == "")
 	var olderRunning bool
 	for i := range in.Pods {
 		p := &in.Pods[i]
@@ -262,6 +241,33 @@ func choose(in Input) *Step {
 		s.Delete = append(s.Delete, Deletion{Pod: pod, Graceful: true})
 	}
 	return s
+}
+
+// adoptNewest takes as the current incarnation a pod newer than the memory, and returns the
+// current incarnation's number. Such a pod means the memory was lost (a status restored without
+// its status, say), or a new machine's first pod was created before anything was written (the
+// reconciler does not write the memory of a first start: the pod is its record). The pod is
+// adopted rather than its name reused: it was asked for, and incarnation 0 is always a first
+// start. blank: the memory was empty.
+func (s *Step) adoptNewest(vm *vendingv1alpha1.VendingMachine, pods []corev1.Pod, blank bool) int32 {
+	cur := incarnationOfName(vm, s.Memory.PodName)
+	for i := range pods {
+		if n := Incarnation(&pods[i]); n > cur {
+			cur = n
+			s.Memory.PodName, s.Memory.PodUID, s.Memory.PodRequested = pods[i].Name, "", true
+		}
+	}
+	if blank && cur == 0 {
+		// A first start, adopted: the reset carried out is the one its pod was created under
+		// (pods carry it), so a reset asked for since then is not taken as done.
+		s.Memory.PodCause = vendingv1alpha1.PodCreated
+		for i := range pods {
+			if pods[i].Name == s.Memory.PodName {
+				s.Memory.ObservedReset = pods[i].Annotations[AnnotationReset]
+			}
+		}
+	}
+	return cur
 }
 
 // release lists the pods whose finalizer is no longer needed once this step's memory is
