@@ -131,6 +131,16 @@ func disruption(pod *corev1.Pod) (reason string, ok bool) {
 	return "", false
 }
 
+// disruptionTime is when the pod's DisruptionTarget condition came (its creation when it has none).
+func disruptionTime(pod *corev1.Pod) time.Time {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue {
+			return c.LastTransitionTime.Time
+		}
+	}
+	return pod.CreationTimestamp.Time
+}
+
 func ptrDeref(p *int64) int64 {
 	if p == nil {
 		return 0
@@ -149,6 +159,9 @@ func FailureOf(pod *corev1.Pod) (supervision.Failure, vendingv1alpha1.Failure) {
 	if reason, ok := disruption(pod); ok {
 		f.Reason, f.External = reason, true
 		api.Message = pod.Status.Message
+		if reason == ReasonNodeLost {
+			at = disruptionTime(pod) // when the node was found lost: its container's last words never came
+		}
 		if api.Message == "" {
 			api.Message = "the pod was stopped from outside (" + reason + ")"
 		}

@@ -38,6 +38,11 @@ type Input struct {
 	// TemplateHash of the pod the spec asks for now; a running pod with another is rolled.
 	TemplateHash string
 	Now          time.Time
+	// Nodes: the state of the nodes the pods are bound to, by name (a node not listed is up).
+	Nodes map[string]NodeState
+	// PinnedTo names the node the machine's volume is pinned to (local storage), "" when it
+	// can follow the pod to any node. Read only when a pod's node is not up.
+	PinnedTo string
 }
 
 // Memory is what the supervisor must not forget; it lives in the machine's status.
@@ -161,10 +166,13 @@ type Step struct {
 	NextRestartAt *time.Time
 	// current is the pod of the current incarnation, when it exists (for the step's own use).
 	current *corev1.Pod
+	// pinnedTo is Input.PinnedTo.
+	pinnedTo string
 }
 
 // Next is the supervisor's choice for one pass. See the package comment for the contract.
 func Next(in Input) Step {
+	in.Pods, in.Others = endLost(in.Pods, in.Nodes, in.Now), endLost(in.Others, in.Nodes, in.Now)
 	s := choose(in)
 	s.singleWriter(in.Pods, in.Others)
 	s.release(in)
@@ -179,7 +187,7 @@ func choose(in Input) *Step {
 	policy := PolicyOf(vm)
 	mem := MemoryOf(&vm.Status)
 	mem.RestartTimes = recentTimes(mem.RestartTimes, policy.Window, now)
-	s := &Step{Memory: mem}
+	s := &Step{Memory: mem, pinnedTo: in.PinnedTo}
 
 	if mem.PodName == "" && len(in.Pods) == 0 {
 		// A new machine: it has nothing to reset, and its first pod is incarnation 0.
@@ -207,7 +215,7 @@ func choose(in Input) *Step {
 			if !Terminal(p) {
 				olderRunning = true
 			}
-			if p.DeletionTimestamp == nil {
+			if mayDelete(p) {
 				s.Delete = append(s.Delete, Deletion{Pod: p, Graceful: !Terminal(p)})
 			}
 		}
@@ -313,6 +321,13 @@ func MayRelease(p *corev1.Pod, deletingGracefully bool) bool {
 	return deletingGracefully
 }
 
+// mayDelete: the pod is to be deleted (again): it is not being deleted yet, or it is ended on a
+// lost node and its deletion waits for a grace period no kubelet will ever end (the taint
+// manager evicts the pods of a node tainted out of service gracefully).
+func mayDelete(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil || (p.Status.Reason == ReasonNodeLost && Terminal(p) && ptrDeref(p.DeletionGracePeriodSeconds) > 0)
+}
+
 // singleWriter is the last word on a step: a new pod is created only when no other pod of the
 // machine may still run on the claim (the log has one writer), and only a terminal pod, or one
 // the supervisor saw fail, is deleted without its grace period.
@@ -361,7 +376,7 @@ func (s *Step) reset(vm *vendingv1alpha1.VendingMachine, cur int32, reset string
 	pod := s.current
 	s.next(vm, cur+1, vendingv1alpha1.PodReset, Resetting)
 	s.current = nil
-	if pod != nil && pod.DeletionTimestamp == nil {
+	if pod != nil && mayDelete(pod) {
 		s.Delete = append(s.Delete, Deletion{Pod: pod, Graceful: !Terminal(pod)})
 	}
 	s.Create = !olderRunning && (pod == nil || Terminal(pod))
@@ -416,12 +431,20 @@ func (s *Step) failed(vm *vendingv1alpha1.VendingMachine, cur int32, policy supe
 		if dec.Action == supervision.Restart {
 			api.RestartAt = &metav1.MicroTime{Time: dec.RestartAt}
 		}
+		if node := s.current.Spec.NodeName; api.Reason == ReasonNodeLost && node != "" && node == s.pinnedTo {
+			// It could only start again where its volume is, and that node is lost: a new pod
+			// would wait there for good. Only a human can bring the node or the data back.
+			api.Action, api.RestartAt, api.DecisionReason = vendingv1alpha1.ActionEscalate, nil, ReasonVolumePinned
+			api.DecisionMessage = fmt.Sprintf("pod %s was lost with node %s, and the machine's volume is pinned to that node "+
+				"(local storage): it cannot move to another node. Bring node %s back (and remove its out-of-service taint), "+
+				"or restore the log onto storage another node can mount, then reset the machine", api.PodName, node, node)
+		}
 		s.Memory.LastFailure, s.Decided = &api, true
 		d = &api
 	}
 	if d.Action == vendingv1alpha1.ActionRestart {
 		failedPod := s.current
-		if s.restart(vm, cur, d, olderRunning, now) && failedPod.DeletionTimestamp == nil {
+		if s.restart(vm, cur, d, olderRunning, now) && mayDelete(failedPod) {
 			s.Delete = append(s.Delete, Deletion{Pod: failedPod})
 		}
 	}
