@@ -32,6 +32,7 @@ func CacheOptions() cache.Options {
 			&corev1.Pod{}:                   {Label: owned, Transform: TrimPod},
 			&corev1.PersistentVolumeClaim{}: {Label: owned},
 			&corev1.Service{}:               {Label: owned},
+			&corev1.Node{}:                  {Transform: TrimNode},
 		},
 	}
 }

@@ -93,6 +93,11 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 
+	// The node tests bind pods to: a bound pod's node exists (a pod on a deleted node is lost).
+	if err := createReadyNode(context.Background(), "node-1"); err != nil {
+		fmt.Fprintf(os.Stderr, "envtest: node: %v\n", err)
+		return 1
+	}
 	stop, err := startManager()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "envtest: %v\n", err)
@@ -204,4 +209,15 @@ func zapLevel() zapcore.Level {
 		return zapcore.DebugLevel
 	}
 	return zapcore.ErrorLevel
+}
+
+// createReadyNode makes a Node that reports Ready, as a kubelet would.
+func createReadyNode(ctx context.Context, name string) error {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{corev1.LabelHostname: name}}}
+	if err := k8sClient.Create(ctx, n); err != nil {
+		return err
+	}
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	return k8sClient.Status().Update(ctx, n)
 }

@@ -148,7 +148,7 @@ func (r *VendingMachineReconciler) decide(ctx context.Context, vm *vendingv1alph
 	}
 	next := func() supervisor.Step {
 		return supervisor.Next(supervisor.Input{Machine: vm, Pods: o.pods, Others: o.others,
-			TemplateHash: templateHash(vm, r.image(vm)), Now: now})
+			TemplateHash: templateHash(vm, r.image(vm)), Now: now, Nodes: o.nodes, PinnedTo: o.pinnedTo})
 	}
 	step := next()
 	// The claim and the Service exist before any pod is created; they, and the live reads
@@ -170,6 +170,10 @@ func (r *VendingMachineReconciler) decide(ctx context.Context, vm *vendingv1alph
 	if live != nil {
 		*vm = *live.machine
 		o.pods, o.others = splitOwned(live.pods.Items, vm)
+		var err error
+		if o.nodes, err = r.nodesOf(ctx, o.pods, o.others); err != nil {
+			return supervisor.Step{}, err
+		}
 		step = next()
 	}
 	return step, nil
@@ -247,6 +251,16 @@ func (r *VendingMachineReconciler) announceWritten(read, vm *vendingv1alpha1.Ven
 	}
 	r.announceRecovery(read, vm, o)
 	observeRecovery(read, vm, o.pod(vm.Status.PodName))
+	if p := o.unreachable(); p != nil && readyReason(read) != ReasonNodeUnreachable && readyReason(vm) == ReasonNodeUnreachable {
+		r.Recorder.Eventf(vm, p, corev1.EventTypeWarning, ReasonNodeUnreachable, "Observe", "%s", unreachableMessage(p, o.pinnedTo))
+	}
+}
+
+func readyReason(vm *vendingv1alpha1.VendingMachine) string {
+	if c := meta.FindStatusCondition(vm.Status.Conditions, vendingv1alpha1.ConditionReady); c != nil && c.Status != metav1.ConditionTrue {
+		return c.Reason
+	}
+	return ""
 }
 
 // nextPass is when the machine is looked at again without news: its restart when one is due,
@@ -348,14 +362,15 @@ func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alp
 	}
 	o.pods, o.others = splitOwned(pods.Items, vm)
 	o.escalatedTo = escalationTarget(vm)
-	return o, nil
+	return o, r.observeNodes(ctx, vm, &o)
 }
 
 // observeState adds what the machine's current pod (of the step's memory) reports, when it is
 // ready: its last answer while nothing it was read after changed (stateReads), else asked now.
 func (r *VendingMachineReconciler) observeState(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation,
 	podName string, now time.Time) {
-	if cur := o.pod(podName); cur != nil && r.StateReader != nil && supervisor.Ready(cur) && cur.DeletionTimestamp == nil {
+	if cur := o.pod(podName); cur != nil && r.StateReader != nil && supervisor.Ready(cur) && cur.DeletionTimestamp == nil &&
+		supervisor.NodeOf(cur, o.nodes) == supervisor.NodeUp { // a pod on an unreachable node would only time out
 		st, stale, ok := r.stateReads().last(vm, cur, now)
 		if !ok {
 			var err error
@@ -393,10 +408,7 @@ type liveView struct {
 
 // readLive reads the machine and its pods again from the API server, in g.
 func (r *VendingMachineReconciler) readLive(ctx context.Context, g *errgroup.Group, vm *vendingv1alpha1.VendingMachine) *liveView {
-	reader := r.APIReader
-	if reader == nil {
-		reader = r.Client
-	}
+	reader := r.apiReader()
 	live := &liveView{machine: &vendingv1alpha1.VendingMachine{}, pods: &corev1.PodList{}}
 	g.Go(func() error { return reader.Get(ctx, client.ObjectKeyFromObject(vm), live.machine) })
 	g.Go(func() error {
@@ -635,13 +647,19 @@ func lostHow(mem supervisor.Memory) string {
 func (r *VendingMachineReconciler) announceDecision(vm *vendingv1alpha1.VendingMachine, pod *corev1.Pod,
 	f vendingv1alpha1.Failure, now time.Time) {
 	related := relatedPod(pod)
-	if f.External {
+	switch {
+	case f.External && f.Action != vendingv1alpha1.ActionEscalate:
 		r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Disrupted", "Observe",
 			"pod %s was stopped from outside: %s: %s; not the machine's failure", f.PodName, f.Reason, truncate(f.Message, 300))
 		return
+	case f.External:
+		// Not the machine's failure, and yet it cannot go on (its volume is pinned to a lost node).
+		r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Disrupted", "Observe",
+			"pod %s was stopped from outside: %s: %s", f.PodName, f.Reason, truncate(f.Message, 300))
+	default:
+		r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Failed", "Observe",
+			"pod %s failed: %s (exit %d): %s", f.PodName, f.Reason, f.ExitCode, truncate(f.Message, 300))
 	}
-	r.Recorder.Eventf(vm, related, corev1.EventTypeWarning, "Failed", "Observe",
-		"pod %s failed: %s (exit %d): %s", f.PodName, f.Reason, f.ExitCode, truncate(f.Message, 300))
 	switch f.Action {
 	case vendingv1alpha1.ActionEscalate:
 		escalationsTotal.Inc()
@@ -727,6 +745,14 @@ func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Optio
 	if err := indexByLabel(context.Background(), mgr, &corev1.Pod{}, podsByMachine, labelMachine); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Pod{}, podsByNode, func(o client.Object) []string {
+		if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
+			return []string{n}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	r.indexed = true
 	return ctrl.NewControllerManagedBy(mgr).
 		// Our own status writes do not wake us: only spec changes and annotations (the reset
@@ -737,6 +763,8 @@ func (r *VendingMachineReconciler) SetupWithManager(mgr ctrl.Manager, opts Optio
 		// was removed (an orphaned predecessor) still carries a finalizer to release.
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(machineOfPod)).
 		Owns(&corev1.Service{}, builder.OnlyMetadata).
+		// A node that stops answering, is fenced or deleted concerns the machines on it.
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.machinesOnNode), builder.WithPredicates(nodeHealthChanged)).
 		WithOptions(opts).
 		Named("vendingmachine").
 		Complete(r)

@@ -23,6 +23,10 @@ type observation struct {
 	stateOf string          // the pod that reported state
 	// escalatedTo says who gets an escalation: a VendingFleet, or humans.
 	escalatedTo string
+	// nodes: the state of the nodes the pods are bound to; pinnedTo: the node the machine's
+	// volume is pinned to, read when one of them is not up.
+	nodes    map[string]supervisor.NodeState
+	pinnedTo string
 }
 
 // pod is the machine's pod of that name, nil when there is none.
@@ -86,10 +90,19 @@ func computeStatus(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, o o
 	if o.state != nil && o.stateOf == mem.PodName {
 		st.TotalCoins, st.Sequence = ptrInt64(o.state.TotalCoins), ptrInt64(int64(o.state.Sequence))
 	}
-	ready := pod != nil && pod.DeletionTimestamp == nil && !supervisor.Terminal(pod) && supervisor.Ready(pod)
+	stuck := o.unreachable()
+	ready := pod != nil && pod.DeletionTimestamp == nil && !supervisor.Terminal(pod) && supervisor.Ready(pod) && stuck == nil
 	escalated, progressing := escalatedCondition(vm, mem, o), progressingCondition(vm, step, ready)
+	readyCond := readyCondition(pod, mem, ready)
+	if stuck != nil && !mem.Escalated() && !mem.Stopped() && !vm.Spec.Paused {
+		// Only a human can say whether the pod still runs: Ready and Progressing say it, and
+		// Stalled tells GitOps tools (kstatus: Failed; Argo CD: Degraded) that a human is needed.
+		msg := unreachableMessage(stuck, o.pinnedTo)
+		readyCond = cond(vendingv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonNodeUnreachable, msg)
+		progressing = cond(vendingv1alpha1.ConditionProgressing, metav1.ConditionFalse, ReasonNodeUnreachable, msg)
+	}
 	for _, c := range []metav1.Condition{
-		readyCondition(pod, mem, ready),
+		readyCond,
 		escalated,
 		progressing,
 		degradedCondition(o, ready),
@@ -104,6 +117,8 @@ func computeStatus(vm *vendingv1alpha1.VendingMachine, step supervisor.Step, o o
 	case mem.Stopped():
 		// The decider's words, not Progressing's (which says "paused" on a paused machine).
 		stalled = &metav1.Condition{Reason: ReasonStopped, Message: orDefault(mem.Pending().DecisionMessage, "stopped by the decider")}
+	case progressing.Reason == ReasonNodeUnreachable:
+		stalled = &progressing
 	}
 	setKstatusConditions(&st.Conditions, vm.Generation, progressing, stalled)
 	st.Phase = phaseOf(vm, step, pod, ready, o)
