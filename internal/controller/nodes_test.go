@@ -184,3 +184,27 @@ func TestAMachinePinnedToALostNodeEscalates(t *testing.T) {
 		return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "coffee-1"}, &corev1.Pod{}))
 	}, 2*time.Second).Should(BeTrue(), "no pod is started that could only wait for the lost node")
 }
+
+// cacheWithoutNodes is a cache that has not seen any Node yet (a node that just registered).
+type cacheWithoutNodes struct{ client.Client }
+
+func (c cacheWithoutNodes) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*corev1.Node); ok {
+		return apierrors.NewNotFound(corev1.Resource("nodes"), key.Name)
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// A node missing from the cache is read from the API server before it is taken as deleted: a
+// pod on a node the cache has not seen yet must not pass for lost (its pod would be
+// force-deleted while it runs).
+func TestANodeMissingFromTheCacheIsNotTakenAsDeleted(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	node := createNode(t, g, "n-"+ns)
+	r := &VendingMachineReconciler{Client: cacheWithoutNodes{k8sClient}, APIReader: k8sClient}
+	pods := []corev1.Pod{{Spec: corev1.PodSpec{NodeName: node.Name}}, {Spec: corev1.PodSpec{NodeName: "gone-" + ns}}}
+	states, err := r.nodesOf(context.Background(), pods)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(states).To(Equal(map[string]supervisor.NodeState{node.Name: supervisor.NodeUp, "gone-" + ns: supervisor.NodeGone}))
+}
