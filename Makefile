@@ -88,9 +88,10 @@ LOCAL_KUBECONFIG ?= $(shell pwd)/.local-cluster/admin.kubeconfig
 demo: manifests kustomize ## The talk's demo on a real node: local cluster (unless KUBECONFIG), operator, machine, customer.
 	hack/demo.sh
 
+NODES ?= 1
 .PHONY: local-up
-local-up: ## Start (or resume) the local cluster; prints its kubeconfig.
-	hack/local-cluster.sh up
+local-up: ## Start (or resume) the local cluster (NODES=3: three nodes); prints its kubeconfig.
+	NODES=$(NODES) hack/local-cluster.sh up
 
 .PHONY: local-down
 local-down: ## Stop every process of the local cluster, unmount, remove its bridge and rules.

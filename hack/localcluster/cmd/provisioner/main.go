@@ -1,9 +1,16 @@
 // Command provisioner is the local cluster's dynamic volume provisioner: for each claim of its
-// StorageClass it makes a directory on the node and a hostPath PersistentVolume for it, so that
-// users never pre-create volumes. It runs on the node, beside the kubelet, as a process of the
-// local cluster (not in a pod: the node is this machine).
+// StorageClasses it makes a directory on this machine and a hostPath PersistentVolume for it, so
+// that users never pre-create volumes. It runs beside the control plane, as a process of the local
+// cluster (not in a pod: every node is this machine).
 //
 //	provisioner -kubeconfig STATE/admin.kubeconfig -dir STATE/volumes -node NODE
+//
+// Two kinds of volume, told apart by the StorageClass parameter "storage":
+//
+//   - local (the default; class local-dir): pinned to the node of the claim's first pod (the
+//     scheduler's selected node; -node when none was selected), like a node's own disk;
+//   - network (class network-dir): no node affinity, standing for network-attached storage: all
+//     nodes share this machine's file system, so the volume can follow its pod to another node.
 package main
 
 import (
@@ -23,8 +30,16 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 )
 
-// Name is the provisioner the local cluster's StorageClass names.
+// Name is the provisioner the local cluster's StorageClasses name.
 const Name = "vending.resilience.dev/local-dir"
+
+// StorageParameter is the StorageClass parameter that chooses the kind of volume: StorageLocal
+// (also when absent) or StorageNetwork.
+const (
+	StorageParameter = "storage"
+	StorageLocal     = "local"
+	StorageNetwork   = "network"
+)
 
 type dirProvisioner struct {
 	dir  string
@@ -32,8 +47,14 @@ type dirProvisioner struct {
 }
 
 // Provision makes the volume's directory, writable by the pod's non-root user (hostPath
-// volumes get no fsGroup treatment), and a PersistentVolume pinned to this node.
+// volumes get no fsGroup treatment), and a PersistentVolume: pinned to the selected node (local) or
+// to none (network).
 func (p *dirProvisioner) Provision(_ context.Context, opts controller.ProvisionOptions) (*corev1.PersistentVolume, controller.ProvisioningState, error) {
+	storage := opts.StorageClass.Parameters[StorageParameter]
+	if storage != "" && storage != StorageLocal && storage != StorageNetwork {
+		return nil, controller.ProvisioningFinished, fmt.Errorf("StorageClass %s: parameter %s=%q: want %q or %q",
+			opts.StorageClass.Name, StorageParameter, storage, StorageLocal, StorageNetwork)
+	}
 	path := filepath.Join(p.dir, opts.PVName)
 	if err := os.MkdirAll(path, 0o777); err != nil {
 		return nil, controller.ProvisioningFinished, err
@@ -51,12 +72,18 @@ func (p *dirProvisioner) Provision(_ context.Context, opts controller.ProvisionO
 			PersistentVolumeSource: corev1.PersistentVolumeSource{
 				HostPath: &corev1.HostPathVolumeSource{Path: path, Type: &hostPathType},
 			},
-			NodeAffinity: &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
-				MatchExpressions: []corev1.NodeSelectorRequirement{{
-					Key: corev1.LabelHostname, Operator: corev1.NodeSelectorOpIn, Values: []string{p.node},
-				}},
-			}}}},
 		},
+	}
+	if storage != StorageNetwork {
+		node := opts.SelectedNodeName
+		if node == "" {
+			node = p.node
+		}
+		pv.Spec.NodeAffinity = &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+			MatchExpressions: []corev1.NodeSelectorRequirement{{
+				Key: corev1.LabelHostname, Operator: corev1.NodeSelectorOpIn, Values: []string{node},
+			}},
+		}}}}
 	}
 	return pv, controller.ProvisioningFinished, nil
 }
@@ -72,7 +99,7 @@ func (p *dirProvisioner) Delete(_ context.Context, pv *corev1.PersistentVolume) 
 func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the local cluster")
 	dir := flag.String("dir", "", "directory the volumes are made in")
-	node := flag.String("node", "", "name of the node the directory is on")
+	node := flag.String("node", "", "node of a local volume whose claim has no selected node")
 	flag.Parse()
 	if *kubeconfig == "" || *dir == "" || *node == "" {
 		fmt.Fprintln(os.Stderr, "usage: provisioner -kubeconfig F -dir D -node N")
