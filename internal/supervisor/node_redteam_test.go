@@ -134,7 +134,9 @@ func TestRedTeamNodeUnreachableWithstandsEverything(t *testing.T) {
 		{"memory lost", machine(nil), []corev1.Pod{pod("m-0", onNode("n2"), withFinalizer)}},
 		{"memory lost, evicted", machine(nil), []corev1.Pod{pod("m-0", onNode("n2"), withFinalizer, evictedGracefully)}},
 		{"force-deleted by a human", machine(startedAs("m-0")), []corev1.Pod{pod("m-0", onNode("n2"), withFinalizer,
-			func(p *corev1.Pod) { p.DeletionTimestamp, p.DeletionGracePeriodSeconds = &metav1.Time{Time: t0}, ptr.To[int64](0) })}},
+			func(p *corev1.Pod) {
+				p.DeletionTimestamp, p.DeletionGracePeriodSeconds = &metav1.Time{Time: t0}, ptr.To[int64](0)
+			})}},
 	}
 	cases[0].vm.Annotations = map[string]string{AnnotationReset: "r1"}
 	for _, cs := range cases {
