@@ -252,3 +252,51 @@ func TestRedTeamNodeEvictedThenDeletedCountsOnce(t *testing.T) {
 		t.Fatalf("no second creation: %s", s3)
 	}
 }
+
+// The pod on a node fenced out of service was evicted by the taint manager (DisruptionTarget
+// DeletionByTaintManager, a graceful deletion): the machine whose volume is pinned there
+// escalates all the same (its failure is NodeLost, not the eviction's reason).
+func TestRedTeamNodePinnedAndEvictedEscalates(t *testing.T) {
+	p := pod("m-0", onNode("n2"), withFinalizer, evictedGracefully)
+	s := Next(Input{Machine: machine(startedAs("m-0")), Pods: []corev1.Pod{p}, TemplateHash: hash, Now: t0,
+		Nodes: map[string]NodeState{"n2": NodeOutOfService}, PinnedTo: "n2"})
+	if s.Create || !s.Memory.Escalated() || s.Memory.LastFailure.DecisionReason != ReasonVolumePinned {
+		t.Fatalf("pinned to the fenced node, evicted: escalates: %s %+v", s, s.Memory.LastFailure)
+	}
+}
+
+// A reset while the node is fenced and the pod still hangs in the taint manager's graceful
+// eviction: the pod is force-deleted in the same step (no kubelet will end the grace period).
+func TestRedTeamNodeResetWhileFencedForceDeletes(t *testing.T) {
+	p := pod("m-0", onNode("n2"), withFinalizer, evictedGracefully)
+	vm := machine(startedAs("m-0"))
+	withReset("r1")(vm)
+	s := Next(Input{Machine: vm, Pods: []corev1.Pod{p}, TemplateHash: hash, Now: t0, Nodes: map[string]NodeState{"n2": NodeOutOfService}})
+	if !s.Create || s.Memory.PodName != "m-1" || len(s.Delete) != 1 || s.Delete[0].Graceful || len(s.Release) != 1 {
+		t.Fatalf("reset while fenced: m-0 released and force-deleted, m-1 created: %s", s)
+	}
+}
+
+// The common timeline of a lost node with a pinned volume: the node is unreachable for more than
+// the pods' tolerationSeconds (300 s by default), so the taint manager evicts the pod (a graceful
+// deletion that never completes) and the supervisor reserves the successor; only then does a
+// human fence the node. The reserved successor is created (lost(): "asked for now") with no look
+// at the pinned volume: a pod that can only wait for the fenced node, no escalation. G3.
+func TestRedTeamNodePinnedEvictedBeforeTheFence(t *testing.T) {
+	t.Skip("defect: the VolumePinnedToLostNode check is only in failed() (the current pod); a successor reserved by the taint manager's eviction while the node was unreachable is created once the node is fenced, though the volume is pinned to it")
+	old := pod("m-0", onNode("n2"), withFinalizer, evictedGracefully)
+	nodes := map[string]NodeState{"n2": NodeUnreachable}
+	s1 := Next(Input{Machine: machine(startedAs("m-0")), Pods: []corev1.Pod{old}, TemplateHash: hash, Now: t0, Nodes: nodes, PinnedTo: "n2"})
+	if s1.Create || s1.Memory.PodName != "m-1" {
+		t.Fatalf("setup: evicted on an unreachable node, m-1 reserved: %s", s1)
+	}
+	nodes["n2"] = NodeOutOfService
+	s2 := Next(Input{Machine: rtNodeMachine(s1.Memory), Pods: []corev1.Pod{old}, TemplateHash: hash, Now: t0.Add(time.Minute),
+		Nodes: nodes, PinnedTo: "n2"})
+	if s2.Create {
+		t.Fatalf("the volume is pinned to the fenced node: m-1 could only wait for it: %s", s2)
+	}
+	if !s2.Memory.Escalated() || s2.Memory.LastFailure.DecisionReason != ReasonVolumePinned {
+		t.Fatalf("want the escalation VolumePinnedToLostNode: %+v", s2.Memory.LastFailure)
+	}
+}
