@@ -4,8 +4,9 @@
 #   containerd + runc + CNI plugins                                 (Debian's packages)
 #   kubelet, kube-proxy                                             (from Go modules, bin/k8s)
 #   a dynamic provisioner of directory volumes                      (hack/localcluster)
-# Every byte stays on this machine: pods live in network namespaces on the bridge vending0,
-# pod and service ranges are never routed off it, and forwarding out of the pod range is dropped.
+# Every byte stays on this machine: pods live in network namespaces on the bridge vending0 (node k's
+# on its own bridge in its namespace), pod, node and service ranges are never routed off it, and
+# forwarding out of the pod range (and the node range) is dropped.
 #
 # Usage: hack/local-cluster.sh up|down|status|images|apiserver-stop|apiserver-kill|apiserver-start
 #        hack/local-cluster.sh node-stop|node-start [NODE] | node-partition|node-heal NODE
@@ -68,7 +69,7 @@ node_index() {
   count=$(node_count)
   [ "$n" = "$NODE" ] && { echo 1; return; }
   for k in $(seq 2 "$count"); do [ "$n" = "$(nname "$k")" ] && { echo "$k"; return; }; done
-  die "unknown node '$n' (nodes: $(for k in $(seq 1 "$count"); do printf '%s ' "$(nname "$k")"; done))"
+  die "unknown node '$n' (nodes:$(for k in $(seq 1 "$count"); do printf ' %s' "$(nname "$k")"; done))"
 }
 
 # start NAME CMD...: runs a component in the background with its own log, unless it runs.
@@ -362,7 +363,7 @@ up() {
   [ "$(id -u)" = 0 ] || die "needs root (network namespaces, mounts, containerd)"
   mkdir -p "$STATE/logs" "$STATE/run"
   local n=${NODES:-$(node_count)} k
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 200 ] || die "NODES=$n: a number of nodes from 1 to 200"
+  if ! [[ "$n" =~ ^[1-9][0-9]*$ ]] || [ "$n" -gt 200 ]; then die "NODES=$n: a number of nodes from 1 to 200"; fi
   for k in $(seq $((n + 1)) "$(node_count)"); do
     if running "$(ncomp "$k" containerd)" || running "$(ncomp "$k" kubelet)"; then
       die "the cluster runs $(node_count) nodes: \`down\` first for NODES=$n"
@@ -547,12 +548,14 @@ down() {
     fi
   done
   # kube-proxy's and the kubelet's rules on this machine (their KUBE-* chains and the jumps to them).
-  local t r c
-  for t in filter nat mangle; do
-    { iptables -t "$t" -S 2>/dev/null || true; } | sed -n '/^-A KUBE-/d; s/^-A \([A-Z]* .*-j KUBE-\)/-D \1/p' |
-      while read -r r; do eval "iptables -t $t $r" 2>/dev/null || true; done
-    for c in $(iptables -t "$t" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do iptables -t "$t" -F "$c"; done
-    for c in $(iptables -t "$t" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do iptables -t "$t" -X "$c" || true; done
+  local ipt t r c
+  for ipt in iptables ip6tables; do
+    for t in filter nat mangle; do
+      { $ipt -t "$t" -S 2>/dev/null || true; } | sed -n '/^-A KUBE-/d; s/^-A \([A-Z]* .*-j KUBE-\)/-D \1/p' |
+        while read -r r; do eval "$ipt -t $t $r" 2>/dev/null || true; done
+      for c in $($ipt -t "$t" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do $ipt -t "$t" -F "$c"; done
+      for c in $($ipt -t "$t" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do $ipt -t "$t" -X "$c" || true; done
+    done
   done
   { grep -o " $STATE/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE" && log "removed bridge $BRIDGE"; fi
