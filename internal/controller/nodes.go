@@ -50,10 +50,12 @@ func TrimNode(obj any) (any, error) {
 	return trimmed, nil
 }
 
-// nodesOf reads the state of the nodes the pods are bound to. A node missing from the cache is
-// read again from the API server before it is taken as deleted: a new node the cache has not
-// seen yet must not pass for a lost one.
-func (r *VendingMachineReconciler) nodesOf(ctx context.Context, pods ...[]corev1.Pod) (map[string]supervisor.NodeState, error) {
+// nodesOf reads the state of the nodes the pods are bound to. From the cache, except what the
+// supervisor would act on: a node missing from the cache is read again from the API server
+// before it is taken as deleted (a new node the cache has not seen yet is not a lost one), and a
+// fence is confirmed live (a human may have taken it back). live: read every node live (a step
+// that creates a pod is decided on live reads).
+func (r *VendingMachineReconciler) nodesOf(ctx context.Context, live bool, pods ...[]corev1.Pod) (map[string]supervisor.NodeState, error) {
 	nodes := map[string]supervisor.NodeState{}
 	for _, list := range pods {
 		for i := range list {
@@ -61,22 +63,34 @@ func (r *VendingMachineReconciler) nodesOf(ctx context.Context, pods ...[]corev1
 			if _, seen := nodes[name]; seen || name == "" || supervisor.Terminal(&list[i]) {
 				continue
 			}
-			n := &corev1.Node{}
-			err := r.Get(ctx, client.ObjectKey{Name: name}, n)
-			if apierrors.IsNotFound(err) {
-				err = r.apiReader().Get(ctx, client.ObjectKey{Name: name}, n)
-			}
-			switch {
-			case apierrors.IsNotFound(err):
-				nodes[name] = supervisor.StateOfNode(nil)
-			case err != nil:
+			state, err := r.nodeState(ctx, name, live)
+			if err != nil {
 				return nil, err
-			default:
-				nodes[name] = supervisor.StateOfNode(n)
 			}
+			nodes[name] = state
 		}
 	}
 	return nodes, nil
+}
+
+// nodeState reads one node's state (see nodesOf).
+func (r *VendingMachineReconciler) nodeState(ctx context.Context, name string, live bool) (supervisor.NodeState, error) {
+	n := &corev1.Node{}
+	var err error
+	if !live {
+		err = r.Get(ctx, client.ObjectKey{Name: name}, n)
+	}
+	if live || apierrors.IsNotFound(err) || (err == nil && supervisor.StateOfNode(n).Lost()) {
+		n = &corev1.Node{}
+		err = r.apiReader().Get(ctx, client.ObjectKey{Name: name}, n)
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		return supervisor.StateOfNode(nil), nil
+	case err != nil:
+		return supervisor.NodeUp, err
+	}
+	return supervisor.StateOfNode(n), nil
 }
 
 // pinnedTo names the node the claim's volume is pinned to, when its PersistentVolume may only
@@ -98,51 +112,70 @@ func (r *VendingMachineReconciler) pinnedTo(ctx context.Context, namespace, clai
 	return pinnedNode(pv), nil
 }
 
-// pinnedNode is the one node a volume's required node affinity allows by hostname ("" if none
-// or several).
+// pinnedNode is the one node a volume's required node affinity allows by hostname: every term
+// (terms are ORed) asks for that one hostname. "" if there is none, or the volume may go
+// elsewhere.
 func pinnedNode(pv *corev1.PersistentVolume) string {
 	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
 		return ""
 	}
 	pinned := ""
 	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
+		host := ""
 		for _, e := range term.MatchExpressions {
-			if e.Key != corev1.LabelHostname || e.Operator != corev1.NodeSelectorOpIn || len(e.Values) != 1 {
-				continue
+			if e.Key == corev1.LabelHostname && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) == 1 {
+				host = e.Values[0]
 			}
-			if pinned != "" && pinned != e.Values[0] {
-				return "" // terms are ORed: it may go to either
-			}
-			pinned = e.Values[0]
 		}
+		if host == "" || (pinned != "" && host != pinned) {
+			return "" // this term lets the volume go to other nodes
+		}
+		pinned = host
 	}
 	return pinned
 }
 
-// observeNodes adds to o the state of its pods' nodes and, when one is not up, the node the
-// machine's volume is pinned to.
-func (r *VendingMachineReconciler) observeNodes(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation) error {
-	nodes, err := r.nodesOf(ctx, o.pods, o.others)
+// observeNodes adds to o the state of its pods' nodes and, when it matters, the node the
+// machine's volume is pinned to, with that node's state: when a pod's node is not up, and when
+// the step will create a pod (creating) after a node was lost (a reset of a machine escalated
+// for a pinned volume: its old pod may be gone, its node still lost). live: see nodesOf.
+func (r *VendingMachineReconciler) observeNodes(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation,
+	creating, live bool) error {
+	nodes, err := r.nodesOf(ctx, live, o.pods, o.others)
 	if err != nil {
 		return err
 	}
 	o.nodes, o.pinnedTo = nodes, ""
+	claim := ""
 	for i := range o.pods {
-		if p := &o.pods[i]; supervisor.NodeOf(p, nodes) != supervisor.NodeUp {
-			o.pinnedTo, err = r.pinnedTo(ctx, vm.Namespace, claimOf(vm, p))
-			return err
+		if p := &o.pods[i]; supervisor.NodeOf(p, nodes) != supervisor.NodeUp && claim == "" {
+			claim = claimOf(vm, p)
 		}
 	}
-	return nil
+	if f := vm.Status.LastFailure; claim == "" && creating && f != nil && f.Reason == supervisor.ReasonNodeLost {
+		claim = pvcName(vm)
+	}
+	if claim == "" {
+		return nil
+	}
+	if o.pinnedTo, err = r.pinnedTo(ctx, vm.Namespace, claim); err != nil || o.pinnedTo == "" {
+		return err
+	}
+	if _, known := nodes[o.pinnedTo]; !known {
+		nodes[o.pinnedTo], err = r.nodeState(ctx, o.pinnedTo, live)
+	}
+	return err
 }
 
 // unreachable is the pod of the machine that may still run on a node that does not answer
 // (nil: none). While there is one, no other pod is started on the claim.
 func (o observation) unreachable() *corev1.Pod {
-	for i := range o.pods {
-		p := &o.pods[i]
-		if !supervisor.Terminal(p) && supervisor.NodeOf(p, o.nodes) == supervisor.NodeUnreachable {
-			return p
+	for _, pods := range [][]corev1.Pod{o.pods, o.others} { // a predecessor's pod blocks as well
+		for i := range pods {
+			p := &pods[i]
+			if !supervisor.Terminal(p) && supervisor.NodeOf(p, o.nodes) == supervisor.NodeUnreachable {
+				return p
+			}
 		}
 	}
 	return nil

@@ -204,7 +204,7 @@ func TestANodeMissingFromTheCacheIsNotTakenAsDeleted(t *testing.T) {
 	node := createNode(t, g, "n-"+ns)
 	r := &VendingMachineReconciler{Client: cacheWithoutNodes{k8sClient}, APIReader: k8sClient}
 	pods := []corev1.Pod{{Spec: corev1.PodSpec{NodeName: node.Name}}, {Spec: corev1.PodSpec{NodeName: "gone-" + ns}}}
-	states, err := r.nodesOf(context.Background(), pods)
+	states, err := r.nodesOf(context.Background(), false, pods)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(states).To(Equal(map[string]supervisor.NodeState{node.Name: supervisor.NodeUp, "gone-" + ns: supervisor.NodeGone}))
 }

@@ -43,7 +43,6 @@ func noForceDeleteOfRunning(t *testing.T, what string, s Step) {
 // operator instead takes the pod as ended at once, force-deletes it and starts the next one on
 // the same log while the first may still write for up to its grace period.
 func TestRedTeamNodeTaintOnAReadyNodeIsNotLost(t *testing.T) {
-	t.Skip("defect: StateOfNode takes an out-of-service taint on a node that still reports Ready as lost (KEP-2268/podgc require NotReady too): a running pod is force-deleted and a second pod started beside it")
 	n := &corev1.Node{Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
 	n.Spec.Taints = []corev1.Taint{{Key: TaintOutOfService, Value: "nodeshutdown", Effect: corev1.TaintEffectNoExecute}}
 	state := StateOfNode(n)
@@ -211,7 +210,6 @@ func TestRedTeamNodeOlderIncarnationOnALostNode(t *testing.T) {
 // that node for good (the scheduler cannot place it anywhere else), and the machine no longer
 // says it is escalated. G3: "escalates instead of creating a pod".
 func TestRedTeamNodeResetOfAPinnedMachineWhileItsNodeIsLost(t *testing.T) {
-	t.Skip("defect: a reset (a fleet's, on the VolumePinnedToLostNode escalation) of a machine whose volume is still pinned to the still-lost node creates a pod that waits for good instead of escalating again")
 	p := pod("m-0", onNode("n2"), withFinalizer)
 	lost := map[string]NodeState{"n2": NodeOutOfService}
 	s1 := Next(Input{Machine: machine(startedAs("m-0")), Pods: []corev1.Pod{p}, TemplateHash: hash, Now: t0, Nodes: lost, PinnedTo: "n2"})
@@ -283,7 +281,6 @@ func TestRedTeamNodeResetWhileFencedForceDeletes(t *testing.T) {
 // human fence the node. The reserved successor is created (lost(): "asked for now") with no look
 // at the pinned volume: a pod that can only wait for the fenced node, no escalation. G3.
 func TestRedTeamNodePinnedEvictedBeforeTheFence(t *testing.T) {
-	t.Skip("defect: the VolumePinnedToLostNode check is only in failed() (the current pod); a successor reserved by the taint manager's eviction while the node was unreachable is created once the node is fenced, though the volume is pinned to it")
 	old := pod("m-0", onNode("n2"), withFinalizer, evictedGracefully)
 	nodes := map[string]NodeState{"n2": NodeUnreachable}
 	s1 := Next(Input{Machine: machine(startedAs("m-0")), Pods: []corev1.Pod{old}, TemplateHash: hash, Now: t0, Nodes: nodes, PinnedTo: "n2"})

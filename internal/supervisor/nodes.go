@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 )
 
 // Nodes: what the supervisor knows of the nodes its pods are bound to, and what it may conclude.
@@ -49,25 +51,28 @@ const ReasonNodeLost = "NodeLost"
 // is pinned to that node (local storage): the machine cannot move, so it escalates.
 const ReasonVolumePinned = "VolumePinnedToLostNode"
 
-// StateOfNode reads a Node object (nil: it is gone).
+// StateOfNode reads a Node object (nil: it is gone). The out-of-service taint counts only on a
+// node that is not Ready (as the pod GC reads it): on a node whose kubelet still reports, it is
+// a mistake, and the node's pods still run.
 func StateOfNode(n *corev1.Node) NodeState {
 	if n == nil {
 		return NodeGone
+	}
+	ready := true // a node that never reported yet has no pods running
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			ready = c.Status == corev1.ConditionTrue
+		}
+	}
+	if ready {
+		return NodeUp
 	}
 	for _, t := range n.Spec.Taints {
 		if t.Key == TaintOutOfService {
 			return NodeOutOfService
 		}
 	}
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			if c.Status == corev1.ConditionTrue {
-				return NodeUp
-			}
-			return NodeUnreachable
-		}
-	}
-	return NodeUp // a node that never reported yet has no pods running
+	return NodeUnreachable
 }
 
 // Lost: the node's pods are known not to run.
@@ -127,4 +132,31 @@ func endLost(pods []corev1.Pod, nodes map[string]NodeState, now time.Time) []cor
 		out[i] = *ended
 	}
 	return out
+}
+
+// stayPinned keeps a step from creating a pod that could only wait for a lost node: the
+// machine's volume is pinned to it. Whatever made the step create (a successor reserved when
+// the taint manager evicted the pod, a reset, a roll), the machine escalates instead, on the
+// incarnation it would have started, and a reset that finds the node still lost escalates again
+// (so a fleet's resets end in its own escalation to humans).
+func (s *Step) stayPinned(in Input) {
+	node := in.PinnedTo
+	if !s.Create || node == "" || !in.Nodes[node].Lost() {
+		return
+	}
+	s.Create, s.Transition, s.Progress = false, "", Idle
+	s.Memory.LastFailure = pinnedFailure(s.Memory.PodName, node, in.Nodes[node], in.Now)
+	s.Decided = true
+}
+
+// pinnedFailure is the escalation of a machine whose volume is pinned to a lost node.
+func pinnedFailure(pod, node string, state NodeState, now time.Time) *vendingv1alpha1.Failure {
+	return &vendingv1alpha1.Failure{PodName: pod, Time: metav1.NewTime(now), Reason: ReasonNodeLost, External: true,
+		Message:        fmt.Sprintf("node %s is %s, and the machine's volume is pinned to it", node, state),
+		Action:         vendingv1alpha1.ActionEscalate,
+		DecisionReason: ReasonVolumePinned,
+		DecisionMessage: fmt.Sprintf("the machine's volume is pinned to node %s (local storage), which is lost: it cannot move "+
+			"to another node. Bring node %s back (and remove its out-of-service taint), or restore the log onto storage "+
+			"another node can mount, then reset the machine", node, node),
+	}
 }

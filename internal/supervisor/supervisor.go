@@ -174,6 +174,7 @@ type Step struct {
 func Next(in Input) Step {
 	in.Pods, in.Others = endLost(in.Pods, in.Nodes, in.Now), endLost(in.Others, in.Nodes, in.Now)
 	s := choose(in)
+	s.stayPinned(in)
 	s.singleWriter(in.Pods, in.Others)
 	s.release(in)
 	if s.Create {
@@ -434,10 +435,8 @@ func (s *Step) failed(vm *vendingv1alpha1.VendingMachine, cur int32, policy supe
 		if node := s.current.Spec.NodeName; api.Reason == ReasonNodeLost && node != "" && node == s.pinnedTo {
 			// It could only start again where its volume is, and that node is lost: a new pod
 			// would wait there for good. Only a human can bring the node or the data back.
-			api.Action, api.RestartAt, api.DecisionReason = vendingv1alpha1.ActionEscalate, nil, ReasonVolumePinned
-			api.DecisionMessage = fmt.Sprintf("pod %s was lost with node %s, and the machine's volume is pinned to that node "+
-				"(local storage): it cannot move to another node. Bring node %s back (and remove its out-of-service taint), "+
-				"or restore the log onto storage another node can mount, then reset the machine", api.PodName, node, node)
+			p := pinnedFailure(api.PodName, node, NodeOutOfService, now)
+			api.Action, api.RestartAt, api.DecisionReason, api.DecisionMessage = p.Action, nil, p.DecisionReason, p.DecisionMessage
 		}
 		s.Memory.LastFailure, s.Decided = &api, true
 		d = &api
