@@ -80,6 +80,26 @@ test-e2e: manifests kustomize ## End-to-end suite: against KUBECONFIG's cluster,
 	fi; \
 	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/
 
+# deploy-local: the local cluster (NODES of them) up, with the operator of this tree deployed and restarted.
+define deploy-local
+	NODES=$(1) hack/local-cluster.sh up && export KUBECONFIG="$(LOCAL_KUBECONFIG)" && \
+	  $(MAKE) --no-print-directory install deploy >/dev/null && \
+	  "$(KUBECTL)" -n vending-operator-system rollout restart deploy/vending-operator-controller-manager && \
+	  "$(KUBECTL)" -n vending-operator-system rollout status deploy/vending-operator-controller-manager --timeout=180s
+endef
+
+.PHONY: test-e2e-nodes
+test-e2e-nodes: manifests kustomize ## Three-node suite on the local cluster (grown to 3 nodes): power-off + fence, partition, drain, a fleet rollout across nodes.
+	@$(call deploy-local,3) && \
+	  E2E_LOCAL_CLUSTER="$(CURDIR)/hack/local-cluster.sh" go test -tags e2e -count=1 -timeout 30m -v \
+	    -run 'TestMultiNode|TestFleetHealsOneMachineAndRollsUnderLoad' ./test/e2e/
+
+.PHONY: bench-failover
+bench-failover: manifests kustomize ## After a power-off and the fence: time to Ready on another node, operator vs a StatefulSet (3 nodes).
+	@$(call deploy-local,3) && \
+	  E2E_LOCAL_CLUSTER="$(CURDIR)/hack/local-cluster.sh" go test -tags e2e -run '^$$' -bench NodeFailover -benchtime 3x \
+	    -timeout 30m -v ./test/e2e/
+
 ##@ Local cluster (a real node without Docker: containerd, kubelet, kube-proxy; root)
 
 LOCAL_KUBECONFIG ?= $(shell pwd)/.local-cluster/admin.kubeconfig

@@ -10,6 +10,7 @@
 #
 # Usage: hack/local-cluster.sh up|down|status|images|apiserver-stop|apiserver-kill|apiserver-start
 #        hack/local-cluster.sh node-stop|node-start [NODE] | node-partition|node-heal NODE
+#        hack/local-cluster.sh node-ctr NODE ARGS... | node-exec NODE CMD...
 #   up    idempotent; prints the kubeconfig and what it started. Logs in $STATE/logs.
 #         NODES=N (default 1, kept in $STATE/node-count until `down`): node 1 is vending-node on this
 #         machine's network; nodes k=2..N are vending-node-k, each in its own network namespace
@@ -712,6 +713,7 @@ node_start() {
 usage="usage: $0 up|down|status|images|apiserver-stop|apiserver-kill|apiserver-start
        $0 node-stop|node-start [NODE]    (no NODE: node 1's kubelet only; NODE: a power-off / power-on)
        $0 node-partition|node-heal NODE  (NODE: $NODE-k, k>=2)
+       $0 node-ctr NODE ARGS... | node-exec NODE CMD...   (the node's containerd; a command in its network)
        NODES=N $0 up                      (N nodes; default 1, or the running cluster's)"
 case "${1:-}" in
   up) up ;;
@@ -725,5 +727,11 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   images) images ;;
+  # node-ctr NODE ARGS...: ctr against the node's containerd; node-exec NODE CMD...: CMD in the
+  # node's network (node 1: this machine's). What a test reads from the node's side.
+  node-ctr) [ -n "${2:-}" ] || die "usage: $0 node-ctr NODE ARGS..."; k=$(node_index "$2"); shift 2; ctr -a "$(nsock "$k")" "$@" ;;
+  node-exec)
+    [ -n "${2:-}" ] || die "usage: $0 node-exec NODE CMD..."; k=$(node_index "$2"); shift 2
+    if [ "$k" = 1 ]; then "$@"; else in_node "$k" "$@"; fi ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
