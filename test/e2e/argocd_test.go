@@ -15,7 +15,6 @@ import (
 
 	. "github.com/onsi/gomega"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -262,21 +261,7 @@ func kubectlYAML(t *testing.T, u *unstructured.Unstructured) []byte {
 
 // argoNamespace is a namespace of the test's own, deleted after it unless it failed and
 // E2E_KEEP is set.
-func argoNamespace(t *testing.T) string {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-argocd-"}}
-	if err := k8s.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			dump(t, ns.Name)
-		}
-		if !t.Failed() || os.Getenv("E2E_KEEP") == "" {
-			_ = k8s.Delete(context.Background(), ns)
-		}
-	})
-	return ns.Name
-}
+func argoNamespace(t *testing.T) string { return testNamespace(t, "e2e-argocd-") }
 
 func dynamicClient(t *testing.T) *dynamic.DynamicClient {
 	cfg, err := ctrl.GetConfig()

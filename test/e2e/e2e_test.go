@@ -22,7 +22,6 @@ import (
 
 	. "github.com/onsi/gomega"
 
-	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -106,19 +105,7 @@ func TestTheTalksThreeTests(t *testing.T) {
 // a namespace of its own, deleted after the test unless it failed and E2E_KEEP is set.
 func createMachine(t *testing.T, mutate func(*vendingv1alpha1.VendingMachine)) *vendingv1alpha1.VendingMachine {
 	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-"}}
-	if err := k8s.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			dump(t, ns.Name)
-		}
-		if !t.Failed() || os.Getenv("E2E_KEEP") == "" {
-			_ = k8s.Delete(context.Background(), ns)
-		}
-	})
-	return createMachineNamed(t, ns.Name, "coffee", mutate)
+	return createMachineNamed(t, testNamespace(t, "e2e-"), "coffee", mutate)
 }
 
 func createMachineNamed(t *testing.T, ns, name string, mutate func(*vendingv1alpha1.VendingMachine)) *vendingv1alpha1.VendingMachine {

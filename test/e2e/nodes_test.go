@@ -254,12 +254,7 @@ func TestMultiNodePowerOffThenFenceMovesTheMachine(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := testNamespace(t, "e2e-poweroff-")
-	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lobby"}}
-	f.Spec.Replicas = ptr.To[int32](3)
-	f.Spec.Template.Spec.Storage.WhenDeleted = vendingv1alpha1.DeletePVC
-	f.Spec.Template.Spec.Storage.StorageClassName = ptr.To(movableClass)
-	g.Expect(k8s.Create(ctx, f)).To(Succeed())
-	g.Eventually(func(g Gomega) { g.Expect(fleetStatus(g, f).Status.ReadyMachines).To(BeEquivalentTo(3)) }).Should(Succeed())
+	f := movableFleet(g, ns, 3)
 
 	// Spread: the fleet's machines are on three different nodes.
 	on := map[string]string{}
@@ -409,12 +404,7 @@ func TestMultiNodeDrainRespectsTheBudget(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := testNamespace(t, "e2e-drain-")
-	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lobby"}}
-	f.Spec.Replicas = ptr.To[int32](4)
-	f.Spec.Template.Spec.Storage.WhenDeleted = vendingv1alpha1.DeletePVC
-	f.Spec.Template.Spec.Storage.StorageClassName = ptr.To(movableClass)
-	g.Expect(k8s.Create(ctx, f)).To(Succeed())
-	g.Eventually(func(g Gomega) { g.Expect(fleetStatus(g, f).Status.ReadyMachines).To(BeEquivalentTo(4)) }).Should(Succeed())
+	f := movableFleet(g, ns, 4)
 	names := []string{"lobby-0", "lobby-1", "lobby-2", "lobby-3"}
 	per := map[string][]string{}
 	for _, m := range names {
@@ -465,6 +455,17 @@ func TestMultiNodeDrainRespectsTheBudget(t *testing.T) {
 		g.Expect(w.maxLive[m]).To(Equal(1), "never two pods of machine %s at once", m)
 	}
 	t.Logf("drained %s: %v coins acknowledged, none lost; at least %d of 4 machines ready throughout", node, load.coins, minReady)
+}
+
+// movableFleet is a fleet of n machines on movable storage, once all are Ready.
+func movableFleet(g Gomega, ns string, n int32) *vendingv1alpha1.VendingFleet {
+	f := &vendingv1alpha1.VendingFleet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lobby"}}
+	f.Spec.Replicas = ptr.To(n)
+	f.Spec.Template.Spec.Storage.WhenDeleted = vendingv1alpha1.DeletePVC
+	f.Spec.Template.Spec.Storage.StorageClassName = ptr.To(movableClass)
+	g.Expect(k8s.Create(context.Background(), f)).To(Succeed())
+	g.Eventually(func(g Gomega) { g.Expect(fleetStatus(g, f).Status.ReadyMachines).To(BeEquivalentTo(n)) }).Should(Succeed())
+	return f
 }
 
 func kubectlPath() string {
