@@ -394,3 +394,42 @@ func TestRedTeamNodePinnedEvictedBeforeTheFence(t *testing.T) {
 	got := getMachine(g, vm)
 	g.Expect(got.Status.Phase).To(Equal(vendingv1alpha1.PhaseEscalated))
 }
+
+// A fence the cache still shows but a human took back, on a machine whose volume is pinned to
+// the node: no escalation is decided on it (an escalation creates nothing, so it is not decided
+// again on live reads: the fence itself is confirmed live).
+func TestStaleFenceDoesNotEscalateAPinnedMachine(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	node := createNode(t, g, "n-"+ns)
+	rtPinnedClaim(t, g, ns, "coffee-log", node.Name)
+	vm := createMachine(t, ns, "coffee", nil)
+	bindAndRun(g, waitPod(g, vm, 0), node.Name)
+	readyMachine(g, vm)
+	setNodeReady(g, node, corev1.ConditionUnknown) // the truth: unreachable, not fenced
+
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	var created []string
+	fencedInCache := interceptor.NewClient(c, interceptor.Funcs{
+		Get: func(ctx context.Context, cl client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			if err := cl.Get(ctx, key, obj, opts...); err != nil {
+				return err
+			}
+			if n, ok := obj.(*corev1.Node); ok && key.Name == node.Name {
+				n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: supervisor.TaintOutOfService, Value: "nodeshutdown",
+					Effect: corev1.TaintEffectNoExecute})
+			}
+			return nil
+		},
+		Create: recordPodCreates(&created),
+	})
+	r := rtNodeRig(t, g, ns, vm, fencedInCache, &created)
+	_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
+	g.Expect(err).NotTo(HaveOccurred())
+	got := getMachine(g, vm)
+	g.Expect(got.Status.LastFailure).To(BeNil(), "no decision on a fence that is not there")
+	g.Expect(got.Status.Phase).NotTo(Equal(vendingv1alpha1.PhaseEscalated))
+	rtNotForced(g, ns, "coffee-0")
+}

@@ -100,6 +100,7 @@ func TestAMachineOnALostNodeMovesOnceItIsFenced(t *testing.T) {
 				g.Expect(ready.Message).To(And(ContainSubstring(node.Name), ContainSubstring("out-of-service")))
 				g.Expect(condition(got, vendingv1alpha1.ConditionStalled)).To(HaveField("Reason", ReasonNodeUnreachable))
 				g.Expect(condition(got, vendingv1alpha1.ConditionReconciling)).To(BeNil())
+				g.Expect(got.Status.Phase).NotTo(Equal(vendingv1alpha1.PhaseRunning), "its pod's Ready is the unreachable kubelet's last word")
 				g.Expect(eventReasons(g, vm)).To(ContainElement(ReasonNodeUnreachable))
 			}).Should(Succeed())
 			next := client.ObjectKey{Namespace: ns, Name: "coffee-1"}
