@@ -296,25 +296,9 @@ func TestRedTeamNodeStaleFenceInTheCache(t *testing.T) {
 	readyMachine(g, vm)
 	setNodeReady(g, node, corev1.ConditionUnknown) // the truth: unreachable, not fenced
 
-	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
-	g.Expect(err).NotTo(HaveOccurred())
 	var created []string
-	staleNodes := interceptor.NewClient(c, interceptor.Funcs{
-		Get: func(ctx context.Context, cl client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			if err := cl.Get(ctx, key, obj, opts...); err != nil {
-				return err
-			}
-			if n, ok := obj.(*corev1.Node); ok && key.Name == node.Name {
-				// What the cache saw a moment ago: the fence, since taken back.
-				n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: supervisor.TaintOutOfService, Value: "nodeshutdown",
-					Effect: corev1.TaintEffectNoExecute})
-			}
-			return nil
-		},
-		Create: recordPodCreates(&created),
-	})
-	r := rtNodeRig(t, g, ns, vm, staleNodes, &created)
-	_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
+	r := rtNodeRig(t, g, ns, vm, fencedInCache(g, node.Name, &created), &created)
+	_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(created).To(BeEmpty(), "the node is merely unreachable (live): its pod may still run")
 	rtNotForced(g, ns, "coffee-0")
@@ -409,27 +393,32 @@ func TestStaleFenceDoesNotEscalateAPinnedMachine(t *testing.T) {
 	readyMachine(g, vm)
 	setNodeReady(g, node, corev1.ConditionUnknown) // the truth: unreachable, not fenced
 
-	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
-	g.Expect(err).NotTo(HaveOccurred())
 	var created []string
-	fencedInCache := interceptor.NewClient(c, interceptor.Funcs{
-		Get: func(ctx context.Context, cl client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			if err := cl.Get(ctx, key, obj, opts...); err != nil {
-				return err
-			}
-			if n, ok := obj.(*corev1.Node); ok && key.Name == node.Name {
-				n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: supervisor.TaintOutOfService, Value: "nodeshutdown",
-					Effect: corev1.TaintEffectNoExecute})
-			}
-			return nil
-		},
-		Create: recordPodCreates(&created),
-	})
-	r := rtNodeRig(t, g, ns, vm, fencedInCache, &created)
-	_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
+	r := rtNodeRig(t, g, ns, vm, fencedInCache(g, node.Name, &created), &created)
+	_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(vm)})
 	g.Expect(err).NotTo(HaveOccurred())
 	got := getMachine(g, vm)
 	g.Expect(got.Status.LastFailure).To(BeNil(), "no decision on a fence that is not there")
 	g.Expect(got.Status.Phase).NotTo(Equal(vendingv1alpha1.PhaseEscalated))
 	rtNotForced(g, ns, "coffee-0")
+}
+
+// fencedInCache is a client whose reads of the node show the out-of-service taint (what a cache
+// saw a moment ago: the fence, since taken back); it records the pods created.
+func fencedInCache(g Gomega, node string, created *[]string) client.Client {
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	return interceptor.NewClient(c, interceptor.Funcs{
+		Get: func(ctx context.Context, cl client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			if err := cl.Get(ctx, key, obj, opts...); err != nil {
+				return err
+			}
+			if n, ok := obj.(*corev1.Node); ok && key.Name == node {
+				n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: supervisor.TaintOutOfService, Value: "nodeshutdown",
+					Effect: corev1.TaintEffectNoExecute})
+			}
+			return nil
+		},
+		Create: recordPodCreates(created),
+	})
 }

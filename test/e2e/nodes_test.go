@@ -299,7 +299,8 @@ func TestMultiNodePowerOffThenFenceMovesTheMachine(t *testing.T) {
 		{"power off " + node, func() { _, err := localCluster("node-stop", node); g.Expect(err).NotTo(HaveOccurred()) }},
 		{"wait for the machine to say its node is unreachable; nothing starts beside its pod", func() {
 			waitNodeUnreachable(g, ns, victim, node)
-			g.Expect(eventReasons(g, vm)).To(ContainElement("NodeUnreachable"))
+			// The event follows the status write (events are sent in the background).
+			g.Eventually(func(g Gomega) { g.Expect(eventReasons(g, vm)).To(ContainElement("NodeUnreachable")) }).Should(Succeed())
 			g.Consistently(func(g Gomega) {
 				g.Expect(currentPod(g, ns, victim).Name).To(Equal(before[victim]))
 			}, 3*time.Second).Should(Succeed())
