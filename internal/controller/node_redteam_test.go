@@ -93,11 +93,7 @@ func rtWaitUnreachable(g Gomega, vm *vendingv1alpha1.VendingMachine, node string
 func TestRedTeamNodeResetAndRollWhileUnreachable(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	node := createNode(t, g, "n-"+ns)
-	vm := createMachine(t, ns, "coffee", nil)
-	pod := waitPod(g, vm, 0)
-	bindAndRun(g, pod, node.Name)
-	readyMachine(g, vm)
+	node, vm, _ := machineOnNewNode(t, g, ns)
 
 	setNodeReady(g, node, corev1.ConditionUnknown)
 	rtWaitUnreachable(g, vm, node.Name)
@@ -140,10 +136,7 @@ func TestRedTeamNodeResetAndRollWhileUnreachable(t *testing.T) {
 func TestRedTeamNodeFlappingEvents(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	node := createNode(t, g, "n-"+ns)
-	vm := createMachine(t, ns, "coffee", nil)
-	bindAndRun(g, waitPod(g, vm, 0), node.Name)
-	readyMachine(g, vm)
+	node, vm, _ := machineOnNewNode(t, g, ns)
 
 	setNodeReady(g, node, corev1.ConditionUnknown)
 	rtWaitUnreachable(g, vm, node.Name)
@@ -177,11 +170,7 @@ func TestRedTeamNodeEvictedThenFenced(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	node := createNode(t, g, "n-"+ns)
-	vm := createMachine(t, ns, "coffee", nil)
-	pod := waitPod(g, vm, 0)
-	bindAndRun(g, pod, node.Name)
-	readyMachine(g, vm)
+	node, vm, pod := machineOnNewNode(t, g, ns)
 
 	setNodeReady(g, node, corev1.ConditionUnknown)
 	rtWaitUnreachable(g, vm, node.Name)
@@ -212,10 +201,7 @@ func TestRedTeamNodePredecessorOnAnUnreachableNode(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	node := createNode(t, g, "n-"+ns)
-	vm := createMachine(t, ns, "coffee", nil)
-	bindAndRun(g, waitPod(g, vm, 0), node.Name)
-	readyMachine(g, vm)
+	node, vm, _ := machineOnNewNode(t, g, ns)
 	setNodeReady(g, node, corev1.ConditionUnknown)
 	rtWaitUnreachable(g, vm, node.Name)
 
@@ -290,10 +276,7 @@ func TestRedTeamNodeStaleFenceInTheCache(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	node := createNode(t, g, "n-"+ns)
-	vm := createMachine(t, ns, "coffee", nil)
-	bindAndRun(g, waitPod(g, vm, 0), node.Name)
-	readyMachine(g, vm)
+	node, vm, _ := machineOnNewNode(t, g, ns)
 	setNodeReady(g, node, corev1.ConditionUnknown) // the truth: unreachable, not fenced
 
 	var created []string

@@ -137,11 +137,12 @@ func pinnedNode(pv *corev1.PersistentVolume) string {
 
 // observeNodes adds to o the state of its pods' nodes and, when it matters, the node the
 // machine's volume is pinned to, with that node's state: when a pod's node is not up, and when
-// the step will create a pod (creating) after a node was lost (a reset of a machine escalated
-// for a pinned volume: its old pod may be gone, its node still lost). live: see nodesOf.
+// the step will create a pod after a node was lost (a reset of a machine escalated for a pinned
+// volume: its old pod may be gone, its node still lost). creating: the step creates a pod and is
+// decided on live reads, so every node is read live too (see nodesOf).
 func (r *VendingMachineReconciler) observeNodes(ctx context.Context, vm *vendingv1alpha1.VendingMachine, o *observation,
-	creating, live bool) error {
-	nodes, err := r.nodesOf(ctx, live, o.pods, o.others)
+	creating bool) error {
+	nodes, err := r.nodesOf(ctx, creating, o.pods, o.others)
 	if err != nil {
 		return err
 	}
@@ -162,7 +163,7 @@ func (r *VendingMachineReconciler) observeNodes(ctx context.Context, vm *vending
 		return err
 	}
 	if _, known := nodes[o.pinnedTo]; !known {
-		nodes[o.pinnedTo], err = r.nodeState(ctx, o.pinnedTo, live)
+		nodes[o.pinnedTo], err = r.nodeState(ctx, o.pinnedTo, creating)
 	}
 	return err
 }

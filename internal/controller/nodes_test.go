@@ -60,6 +60,17 @@ func bindAndRun(g Gomega, pod *corev1.Pod, node string) {
 	kubeletRun(g, pod)
 }
 
+// machineOnNewNode is machine coffee in ns, its pod bound to a new Ready node and running.
+func machineOnNewNode(t *testing.T, g Gomega, ns string) (*corev1.Node, *vendingv1alpha1.VendingMachine, *corev1.Pod) {
+	t.Helper()
+	node := createNode(t, g, "n-"+ns)
+	vm := createMachine(t, ns, "coffee", nil)
+	pod := waitPod(g, vm, 0)
+	bindAndRun(g, pod, node.Name)
+	readyMachine(g, vm)
+	return node, vm, pod
+}
+
 func readyMachine(g Gomega, vm *vendingv1alpha1.VendingMachine) {
 	g.Eventually(func(g Gomega) {
 		g.Expect(condition(getMachine(g, vm), vendingv1alpha1.ConditionReady)).To(

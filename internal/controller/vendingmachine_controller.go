@@ -170,7 +170,7 @@ func (r *VendingMachineReconciler) decide(ctx context.Context, vm *vendingv1alph
 	if live != nil {
 		*vm = *live.machine
 		o.pods, o.others = splitOwned(live.pods.Items, vm)
-		if err := r.observeNodes(ctx, vm, o, true, true); err != nil {
+		if err := r.observeNodes(ctx, vm, o, true); err != nil {
 			return supervisor.Step{}, err
 		}
 		step = next()
@@ -361,7 +361,7 @@ func (r *VendingMachineReconciler) observe(ctx context.Context, vm *vendingv1alp
 	}
 	o.pods, o.others = splitOwned(pods.Items, vm)
 	o.escalatedTo = escalationTarget(vm)
-	return o, r.observeNodes(ctx, vm, &o, false, false)
+	return o, r.observeNodes(ctx, vm, &o, false)
 }
 
 // observeState adds what the machine's current pod (of the step's memory) reports, when it is

@@ -21,6 +21,7 @@ import (
 	vendingv1alpha1 "github.com/vendingfleet/vending-operator/api/v1alpha1"
 	"github.com/vendingfleet/vending-operator/internal/contract"
 	"github.com/vendingfleet/vending-operator/internal/customer"
+	"github.com/vendingfleet/vending-operator/internal/supervisor"
 )
 
 // BenchmarkNodeFailover measures, on the local cluster with three nodes, how long after a
@@ -134,12 +135,7 @@ func failoverOnce(b *testing.B, nodes []string) (operator, baseline time.Duratio
 func requireReady(g Gomega, node string) bool {
 	n := &corev1.Node{}
 	g.Expect(k8s.Get(context.Background(), client.ObjectKey{Name: node}, n)).To(Succeed())
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	return supervisor.StateOfNode(n) == supervisor.NodeUp
 }
 
 func baselineService(ns string) *corev1.Service {
